@@ -1,0 +1,1 @@
+"""Prefect flows and deployments, and the ``text-to-3d`` command line: wiring only."""

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module per stage, plain typed functions that know nothing of Prefect."""
