@@ -146,10 +146,18 @@ def build_pipeline(size: Size = "tiny", seed: int = 0, with_controlnet: bool = F
 
 
 def build_controlnet(unet: UNet2DConditionModel, size: Size = "tiny") -> ControlNetModel:
-    """A depth ControlNet shaped for ``unet``, random weights."""
-    return ControlNetModel.from_unet(
+    """A depth ControlNet shaped for ``unet``, random weights.
+
+    diffusers zero-initialises a new ControlNet's output convolutions (training starts from
+    "no effect"); a trained one is far from that, so they are randomised here too.
+    """
+    controlnet = ControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=_CONFIGS[size]["control_channels"], load_weights_from_unet=False
     )
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                 controlnet.controlnet_cond_embedding.conv_out]:
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    return controlnet
 
 
 def _image_processor(crop: int, resample: int, mean: list[float], std: list[float]) -> CLIPImageProcessorPil:

@@ -193,38 +193,39 @@ def estimate_background(view: Image.Image) -> np.ndarray:
 def matte_view(
     view: Image.Image,
     background: Sequence[float] | None = None,
-    low: float = 8.0,
-    high: float = 28.0,
+    threshold: float = 24.0,
+    edge_band: int = 2,
     min_component_fraction: float = 0.002,
 ) -> Image.Image:
     """Turn a generated view on a flat background into RGBA with a soft alpha edge.
 
-    A pixel's alpha rises from 0 to 1 as its largest channel difference from the background
-    colour grows from ``low`` to ``high`` (8-bit units). Holes enclosed by the object are
-    made opaque (grey parts of a grey-background object would otherwise vanish), specks
-    smaller than ``min_component_fraction`` of the tile are dropped, and the colour of
-    semi-transparent pixels is un-mixed from the background so edges carry no grey halo.
+    Pixels whose largest channel difference from the background colour exceeds
+    ``threshold`` (8-bit units) are solid object; holes they enclose are solid too (grey
+    parts of an object on grey would otherwise vanish) and specks smaller than
+    ``min_component_fraction`` of the view are dropped. Within ``edge_band`` pixels of the
+    solid region a pixel is a mix of the nearest solid colour F and the background B; its
+    alpha is the mixing fraction, the projection of (C - B) onto (F - B), and its colour
+    becomes F, so edges stay soft and carry no background halo.
     """
     rgb = np.asarray(view.convert("RGB"), dtype=np.float32)
     bg = np.asarray(background if background is not None else estimate_background(view), np.float32)
-    difference = np.abs(rgb - bg).max(axis=2)
-    alpha = np.clip((difference - low) / (high - low), 0.0, 1.0)
+    solid = np.abs(rgb - bg).max(axis=2) > threshold
 
-    solid = alpha > 0.5
     labels, count = ndimage.label(solid)
     if count:
         sizes = ndimage.sum(solid, labels, index=np.arange(1, count + 1))
         keep = np.zeros(count + 1, dtype=bool)
         keep[1:] = sizes >= min_component_fraction * solid.size
-        solid = keep[labels]
-        alpha = np.where(ndimage.binary_dilation(solid, iterations=2), alpha, 0.0)
-    alpha = np.where(ndimage.binary_fill_holes(solid) & ~solid, 1.0, alpha)
+        solid = ndimage.binary_fill_holes(keep[labels])
+    if not solid.any():
+        return Image.fromarray(np.dstack([rgb, np.zeros(rgb.shape[:2])]).astype(np.uint8), "RGBA")
 
-    visible = alpha > 1e-3
-    colour = np.where(
-        visible[..., None],
-        bg + (rgb - bg) / np.maximum(alpha, 1e-3)[..., None],
-        rgb,
-    )
-    rgba = np.dstack([np.clip(colour, 0, 255), alpha * 255.0])
+    distance, (rows, cols) = ndimage.distance_transform_edt(~solid, return_indices=True)
+    nearest_colour = rgb[rows, cols]
+    towards_object = nearest_colour - bg
+    mix = ((rgb - bg) * towards_object).sum(axis=2) / np.maximum((towards_object**2).sum(axis=2), 1.0)
+    band = (distance > 0) & (distance <= edge_band)
+    alpha = np.where(solid, 1.0, np.where(band, np.clip(mix, 0.0, 1.0), 0.0))
+    colour = np.where(band[..., None], nearest_colour, rgb)
+    rgba = np.dstack([colour, alpha * 255.0])
     return Image.fromarray(np.round(rgba).astype(np.uint8), "RGBA")

@@ -1,0 +1,121 @@
+"""The ``text-to-3d`` command line: one entry point for every stage and flow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+
+def _views(args: argparse.Namespace) -> None:
+    from stages.six_views import DEFAULT_MODELS, generate_six_views, load_six_view_pipeline
+
+    if (args.controlnet is None) != (args.depth is None):
+        raise ValueError("--controlnet and --depth go together: the depth grid steers the ControlNet")
+    image = _open_image(args.image)
+    depth = _open_image(args.depth) if args.depth else None
+    pipeline = load_six_view_pipeline(
+        args.model or DEFAULT_MODELS[args.version], controlnet=args.controlnet,
+        device=args.device, dtype=args.dtype, offload=args.offload,
+    )
+    result = generate_six_views(
+        image, pipeline, version=args.version, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, seed=args.seed, depth_grid=depth,
+        controlnet_conditioning_scale=args.conditioning_scale,
+    )
+    for path in result.write_to(args.output):
+        print(path)
+
+
+def _models_make_tiny(args: argparse.Namespace) -> None:
+    from zero123pp.checkpoints import make_tiny_checkpoints
+
+    for name, path in make_tiny_checkpoints(args.directory).items():
+        print(f"{name}: {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """Offline end-to-end run on tiny random models and a built-in input image."""
+    from stages.sample_input import draw_sample_object
+    from stages.six_views import generate_six_views, load_six_view_pipeline
+    from zero123pp.checkpoints import make_tiny_checkpoints
+
+    out = Path(args.out)
+    models = out / "models"
+    if not (models / "zero123plus-v1.2" / "model_index.json").is_file():
+        make_tiny_checkpoints(models)
+    out.mkdir(parents=True, exist_ok=True)
+    sample = draw_sample_object()
+    sample.save(out / "input.png")
+    pipeline = load_six_view_pipeline(models / "zero123plus-v1.2", device=args.device)
+    result = generate_six_views(sample, pipeline, num_inference_steps=args.steps, seed=0)
+    for path in result.write_to(out / "views"):
+        print(path)
+    print("demo done: tiny random models, so the views are noise-like; the pipeline and files are real")
+
+
+def _open_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="text-to-3d", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    views = commands.add_parser("views", help="one object image -> Zero123++ six-view grid, tiles, cameras.json")
+    views.add_argument("image", help="input image (RGBA cutout, or RGB object on a plain background)")
+    views.add_argument("-o", "--output", required=True, help="output folder")
+    views.add_argument("--version", choices=["v1.2", "v1.1"], default="v1.2")
+    views.add_argument("--model", help="checkpoint folder or hub id (default: the published model of --version)")
+    views.add_argument("--steps", type=int, default=28, help="denoising steps (75-100 for faces and fine detail)")
+    views.add_argument("--guidance", type=float, default=4.0)
+    views.add_argument("--seed", type=int, default=0)
+    views.add_argument("--controlnet", help="depth ControlNet folder or hub id (v1.1 only)")
+    views.add_argument("--depth", help="depth condition grid PNG (same size as the output grid)")
+    views.add_argument("--conditioning-scale", type=float, default=1.0)
+    _add_runtime_options(views)
+    views.set_defaults(handler=_views)
+
+    models = commands.add_parser("models", help="model management").add_subparsers(dest="models_command", required=True)
+    make_tiny = models.add_parser("make-tiny", help="write tiny random checkpoints in the published layouts")
+    make_tiny.add_argument("directory")
+    make_tiny.set_defaults(handler=_models_make_tiny)
+
+    demo = commands.add_parser("demo", help="offline smoke run on tiny models and a built-in image")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--steps", type=int, default=28)
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--offload", action="store_true", help="keep models in CPU memory between uses (CUDA)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.handler(args)
+    except (ValueError, TypeError) as error:
+        print(f"text-to-3d {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Grid layout, camera tables and matting of generated views."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from zero123pp import join_views, matte_view, read_cameras_json, split_grid, view_cameras, write_cameras_json
+
+
+def test_grid_is_row_major_three_by_two():
+    colours = [(k * 40, 255 - k * 40, 7 * k) for k in range(6)]
+    grid = Image.new("RGB", (640, 960))
+    for k, colour in enumerate(colours):
+        row, col = divmod(k, 2)
+        grid.paste(colour, (col * 320, row * 320, (col + 1) * 320, (row + 1) * 320))
+    views = split_grid(grid)
+    assert [view.getpixel((160, 160)) for view in views] == colours
+    assert all(view.size == (320, 320) for view in views)
+    assert list(join_views(views).getdata()) == list(grid.getdata())
+
+
+@pytest.mark.parametrize("size", [(640, 961), (600, 960), (320, 320)])
+def test_split_refuses_non_grids(size):
+    with pytest.raises(ValueError, match="six-view grid"):
+        split_grid(Image.new("RGB", size))
+
+
+def test_join_refuses_wrong_count():
+    with pytest.raises(ValueError, match="exactly 6 views"):
+        join_views([Image.new("RGB", (32, 32))] * 5)
+
+
+@pytest.mark.parametrize(
+    "version, elevations, fov",
+    [("v1.2", [20, -10] * 3, 30.0), ("v1.1", [30, -20] * 3, math.degrees(2 * math.atan(16 / 35)))],
+)
+def test_camera_tables(version, elevations, fov):
+    cameras = view_cameras(version)
+    assert [c.azimuth_deg for c in cameras] == [30, 90, 150, 210, 270, 330]
+    assert [c.elevation_deg for c in cameras] == elevations
+    assert all(c.fov_deg == pytest.approx(fov) for c in cameras)
+    assert fov == pytest.approx(30.0 if version == "v1.2" else 49.13, abs=0.01)
+
+
+def test_v12_cameras_in_the_world_frame():
+    cameras = view_cameras("v1.2")
+    assert cameras[0].distance == 4.0
+    right = cameras[1]  # azimuth 90: the input camera's right, +X
+    e = math.radians(-10)
+    np.testing.assert_allclose(right.position, [4 * math.cos(e), 4 * math.sin(e), 0.0], atol=1e-12)
+    assert cameras[0].intrinsics[0, 0] == pytest.approx(160 / math.tan(math.radians(15)))
+    for camera in cameras:
+        c2w = camera.camera_to_world
+        np.testing.assert_allclose(c2w[:3, :3].T @ c2w[:3, :3], np.eye(3), atol=1e-12)
+        assert np.linalg.det(c2w[:3, :3]) == pytest.approx(1.0)
+        forward = -c2w[:3, 2]
+        np.testing.assert_allclose(forward, -camera.position / np.linalg.norm(camera.position), atol=1e-12)
+        assert c2w[1, 1] > 0  # camera up points to world +Y
+        np.testing.assert_allclose(camera.project(np.zeros((1, 3))), [[160, 160]], atol=1e-9)
+        # a point above the origin appears above the image centre (smaller y)
+        assert camera.project(np.array([[0.0, 0.5, 0.0]]))[0, 1] < 160
+
+
+def test_projection_of_the_right_side():
+    front = view_cameras("v1.2")[0]  # azimuth 30, on +Z side and to the right
+    x_pixel_of_plus_x = front.project(np.array([[0.5, 0.0, 0.0]]))[0, 0]
+    x_pixel_of_minus_x = front.project(np.array([[-0.5, 0.0, 0.0]]))[0, 0]
+    assert x_pixel_of_plus_x > x_pixel_of_minus_x  # +X is to the right when seen from the front
+
+
+def test_cameras_json_round_trip(tmp_path):
+    cameras = view_cameras("v1.1", tile_size=256)
+    write_cameras_json(cameras, tmp_path / "cameras.json", "v1.1")
+    assert read_cameras_json(tmp_path / "cameras.json") == cameras
+
+
+def test_unknown_version():
+    with pytest.raises(ValueError, match="unknown Zero123\\+\\+ version"):
+        view_cameras("v2")
+
+
+@pytest.mark.parametrize("background", [(127, 127, 127), (255, 255, 255)])
+def test_matting_keeps_soft_edges_and_enclosed_grey(background):
+    size = 320
+    image = Image.new("RGB", (size * 4, size * 4), background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((320, 320, 960, 960), fill=(200, 60, 40))
+    draw.ellipse((560, 560, 720, 720), fill=background)  # a background-coloured patch inside
+    view = image.resize((size, size), Image.LANCZOS)  # anti-aliased edge
+    rgba = np.asarray(matte_view(view))
+    alpha = rgba[..., 3]
+    assert alpha[5, 5] == 0 and alpha[100, 160] == 255
+    assert alpha[160, 160] == 255  # enclosed patch is part of the object
+    edge = alpha[160, 78:84]
+    assert ((edge > 0) & (edge < 255)).any()  # soft edge kept
+    assert np.abs(rgba[100, 160, :3].astype(int) - [200, 60, 40]).max() <= 2
