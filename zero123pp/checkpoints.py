@@ -105,8 +105,13 @@ def write_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(folder)
 
 
-def build_pipeline(size: Size = "tiny", seed: int = 0, with_controlnet: bool = False) -> Zero123PlusPipeline:
-    """A float32 Zero123++ pipeline with random weights: the published architecture or a tiny twin."""
+def build_pipeline(
+    size: Size = "tiny", seed: int = 0, with_controlnet: bool = False, device: str | torch.device = "cpu"
+) -> Zero123PlusPipeline:
+    """A float32 Zero123++ pipeline with random weights: the published architecture or a tiny twin.
+
+    ``device="meta"`` builds the networks without memory or values (for counting FLOPs).
+    """
     import tempfile
 
     config = _CONFIGS[size]
@@ -118,31 +123,32 @@ def build_pipeline(size: Size = "tiny", seed: int = 0, with_controlnet: bool = F
         **{"vocab_size": len(tokenizer), **config["text"]},
         max_position_embeddings=TEXT_TOKENS, bos_token_id=special[0], eos_token_id=special[1], pad_token_id=special[2],
     )
-    unet = UNet2DConditionModel(in_channels=4, out_channels=4, use_linear_projection=True, **config["unet"])
     vae_blocks = len(config["vae"]["block_out_channels"])
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, scaling_factor=0.18215,
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks, up_block_types=("UpDecoderBlock2D",) * vae_blocks,
-        **config["vae"],
-    )
-    generator = np.random.default_rng(seed)
-    ramp = np.clip(np.linspace(0.0, 1.2, TEXT_TOKENS) + generator.normal(0.0, 0.03, TEXT_TOKENS), 0.0, None)
-    pipeline = Zero123PlusPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config),
+    with torch.device(device):
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, use_linear_projection=True, **config["unet"])
+        networks = dict(
+            unet=unet,
+            vae=AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=4, scaling_factor=0.18215,
+                down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+                up_block_types=("UpDecoderBlock2D",) * vae_blocks, **config["vae"],
+            ),
+            text_encoder=CLIPTextModel(text_config),
+            vision_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**config["vision"])),
+            controlnet=build_controlnet(unet, size) if with_controlnet else None,
+        )
+    ramp = np.random.default_rng(seed).normal(0.0, 0.03, TEXT_TOKENS) + np.linspace(0.0, 1.2, TEXT_TOKENS)
+    return Zero123PlusPipeline(
+        **networks,
         tokenizer=tokenizer,
-        unet=unet,
         scheduler=EulerAncestralDiscreteScheduler(
             num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
             prediction_type="v_prediction", steps_offset=1, timestep_spacing="trailing",
         ),
-        vision_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**config["vision"])),
         feature_extractor_clip=_image_processor(config["clip_crop"], resample=3, mean=CLIP_MEAN, std=CLIP_STD),
         feature_extractor_vae=_image_processor(config["vae_crop"], resample=2, mean=[0.5] * 3, std=[0.8] * 3),
-        controlnet=build_controlnet(unet, size) if with_controlnet else None,
-        ramping_coefficients=ramp.round(6).tolist(),
+        ramping_coefficients=np.clip(ramp, 0.0, None).round(6).tolist(),
     )
-    return pipeline.to(torch.float32)
 
 
 def build_controlnet(unet: UNet2DConditionModel, size: Size = "tiny") -> ControlNetModel:
