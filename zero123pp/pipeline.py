@@ -258,7 +258,8 @@ class Zero123PlusPipeline(DiffusionPipeline):
         reference_latents = reference_latents.repeat_interleave(num_images_per_prompt, dim=0)
         batch_size = cond_embeds.shape[0]
         if do_guidance:
-            uncond_embeds = self._encode_text("", device).expand(batch_size, -1, -1)
+            empty_prompt_embeds = text_embeds if prompt == "" else self._encode_text("", device)
+            uncond_embeds = empty_prompt_embeds.expand(batch_size, -1, -1)
             negative_latents = negative_latents.repeat_interleave(num_images_per_prompt, dim=0)
             embeds = torch.cat([uncond_embeds, cond_embeds])
             reference_latents = torch.cat([negative_latents, reference_latents])
