@@ -30,6 +30,20 @@ def _views(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _reconstruct(args: argparse.Namespace) -> None:
+    from stages.reconstruct import export_asset, reconstruct_views
+
+    if not args.output.lower().endswith(".glb"):
+        raise ValueError(f"-o must name a .glb file, got {args.output}")
+    asset = reconstruct_views(
+        args.views, args.version, target_faces=args.target_faces, texture_size=args.texture_size,
+        progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
+        nerfstudio_dir=args.export_nerfstudio,
+    )
+    for path in export_asset(asset, args.output, lods=args.lods, height=args.height):
+        print(path)
+
+
 def _models_make_tiny(args: argparse.Namespace) -> None:
     from zero123pp.checkpoints import make_tiny_checkpoints
 
@@ -86,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--conditioning-scale", type=float, default=1.0)
     _add_runtime_options(views)
     views.set_defaults(handler=_views)
+
+    rebuild = commands.add_parser("reconstruct", help="six views -> textured GLB with LODs")
+    rebuild.add_argument("views", help="640x960 six-view grid image, or a folder with view_0.png .. view_5.png")
+    rebuild.add_argument("-o", "--output", required=True, help="output .glb (LOD files are written beside it)")
+    rebuild.add_argument("--version", choices=["v1.2", "v1.1"], default="v1.2", help="camera set of the views")
+    rebuild.add_argument("--target-faces", type=int, default=20000)
+    rebuild.add_argument("--texture-size", type=int, default=1024)
+    rebuild.add_argument("--lods", type=int, default=3)
+    rebuild.add_argument("--height", type=float, default=1.0, help="asset height in metres")
+    rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")
+    rebuild.set_defaults(handler=_reconstruct)
 
     models = commands.add_parser("models", help="model management").add_subparsers(dest="models_command", required=True)
     make_tiny = models.add_parser("make-tiny", help="write tiny random checkpoints in the published layouts")

@@ -1,0 +1,76 @@
+"""Engine-ready export: glTF 2.0 binary with a metallic-roughness material, and LODs.
+
+Normalised for engines: +Y up, +Z front (the input view), metres, pivot at the bottom
+centre of the bounding box, a chosen height. Files are written beside their final name and
+renamed into place, so a failure never leaves a half-written GLB.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from recon.surface import decimate_textured
+from recon.texture import TexturedMesh
+
+
+def normalise_for_engine(vertices: np.ndarray, height: float = 1.0) -> np.ndarray:
+    """Move the bounding box's bottom centre to the origin and scale to ``height`` metres."""
+    if height <= 0:
+        raise ValueError(f"height must be positive, got {height}")
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    pivot = np.array([(low[0] + high[0]) / 2, low[1], (low[2] + high[2]) / 2])
+    extent = high[1] - low[1]
+    if extent <= 0:
+        raise ValueError("the mesh is flat in Y: no height to normalise")
+    return (vertices - pivot) * (height / extent)
+
+
+def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0.0) -> trimesh.Trimesh:
+    """A trimesh whose glTF export carries the base-colour texture in a PBR material."""
+    material = trimesh.visual.material.PBRMaterial(
+        name="base", baseColorTexture=asset.texture_image(), metallicFactor=metallic, roughnessFactor=roughness,
+        doubleSided=False,
+    )
+    visual = trimesh.visual.TextureVisuals(uv=asset.uv, material=material)
+    return trimesh.Trimesh(asset.vertices, asset.faces, visual=visual, process=False)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
+
+
+def lod_chain(asset: TexturedMesh, lods: int) -> list[TexturedMesh]:
+    """LOD0 is ``asset``; LOD i keeps 1 / 2**i of its faces and shares its texture."""
+    if lods < 1:
+        raise ValueError(f"lods must be at least 1, got {lods}")
+    chain = [asset]
+    for level in range(1, lods):
+        target = max(len(asset.faces) // 2**level, 64)
+        vertices, faces, uv = decimate_textured(asset.vertices, asset.faces, asset.uv, target)
+        chain.append(TexturedMesh(vertices, faces, uv, asset.texture))
+    return chain
+
+
+def export_glb(asset: TexturedMesh, output: str | Path, lods: int = 3) -> list[Path]:
+    """Write ``output`` (LOD0) and ``{stem}_LOD0.glb`` .. ``{stem}_LOD{lods-1}.glb`` beside it."""
+    output = Path(output)
+    if output.suffix.lower() != ".glb":
+        raise ValueError(f"output must be a .glb file, got {output}")
+    blobs = [to_trimesh(level).export(file_type="glb") for level in lod_chain(asset, lods)]
+    paths = [output] + [output.with_name(f"{output.stem}_LOD{level}.glb") for level in range(lods)]
+    for path, blob in zip(paths, [blobs[0], *blobs]):
+        write_atomically(path, blob)
+    return paths

@@ -1,0 +1,122 @@
+"""UV unwrapping (xatlas) and base-colour baking from calibrated views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+import xatlas
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from recon.camera import PinholeCamera
+from recon.geometry import sample_views, signed_distance
+from recon.render import MeshRenderer
+
+
+@dataclass
+class TexturedMesh:
+    """A UV-mapped mesh and its base-colour texture (H, W, 3) in 0..1; glTF UVs (v up)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uv: np.ndarray
+    texture: np.ndarray
+
+    def texture_image(self) -> Image.Image:
+        return Image.fromarray(np.round(np.clip(self.texture, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def unwrap(mesh: trimesh.Trimesh, texture_size: int, padding: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts packed for ``texture_size`` with ``padding`` texels between them."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = texture_size
+    pack.padding = padding
+    atlas.generate(pack_options=pack)
+    mapping, faces, uv = atlas[0]
+    return np.asarray(mesh.vertices)[mapping], faces.astype(np.int64), uv.astype(np.float64)
+
+
+def rasterize_uv(faces: np.ndarray, uv: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each texel: the face covering its centre (-1 for none) and barycentric weights.
+
+    Drawn with PIL's polygon fill (one integer id per face): no installed library
+    rasterises triangles into texture space.
+    """
+    ids = Image.new("I", (size, size), 0)
+    draw = ImageDraw.Draw(ids)
+    texel_uv = np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], axis=-1)
+    for index, corners in enumerate(texel_uv[faces]):
+        draw.polygon([tuple(point) for point in corners], fill=index + 1)
+    face_of = np.asarray(ids, np.int64) - 1
+    ys, xs = np.nonzero(face_of >= 0)
+    a, b, c = (texel_uv[faces[face_of[ys, xs]]][:, i] for i in range(3))
+    p = np.stack([xs + 0.5, ys + 0.5], axis=-1)
+    v0, v1, v2 = b - a, c - a, p - a
+    denominator = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    denominator = np.where(np.abs(denominator) < 1e-12, 1e-12, denominator)
+    w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / denominator
+    w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / denominator
+    weights = np.clip(np.stack([1 - w1 - w2, w1, w2], axis=-1), 0, None)
+    weights /= np.maximum(weights.sum(-1, keepdims=True), 1e-12)
+    barycentric = np.zeros((size, size, 3))
+    barycentric[ys, xs] = weights
+    return face_of, barycentric
+
+
+def bake_base_colour(
+    mesh: trimesh.Trimesh,
+    images: list[np.ndarray],
+    cameras: list[PinholeCamera],
+    texture_size: int = 1024,
+    edge_falloff_px: float = 6.0,
+) -> TexturedMesh:
+    """Unwrap ``mesh`` and bake a base-colour texture from RGBA ``images`` (0..1).
+
+    Per texel, every view that sees it (ray-cast visibility) contributes its colour with a
+    weight that grows with how squarely the view faces the surface and with the distance to
+    that view's silhouette edge, where generated views are least reliable. Texels no view
+    sees, and the gutters around charts, take the colour of the nearest baked texel, which
+    dilates colour across seams so mip-mapping shows no cracks.
+    """
+    vertices, faces, uv = unwrap(mesh, texture_size)
+    face_of, barycentric = rasterize_uv(faces, uv, texture_size)
+    covered = face_of >= 0
+    corners = faces[face_of[covered]]
+    points = (vertices[corners] * barycentric[covered][..., None]).sum(axis=1)
+    vertex_normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
+    normals = (vertex_normals[corners] * barycentric[covered][..., None]).sum(axis=1)
+    normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
+
+    renderer = MeshRenderer(mesh)
+    rgb = np.stack([image[..., :3] for image in images]).astype(np.float32)
+    edge_distance = np.stack([np.clip(signed_distance(image[..., 3] > 0.5), 0, None) for image in images])
+    colour_sum = np.zeros((len(points), 3))
+    weight_sum = np.zeros(len(points))
+    tolerance = 0.01 * np.mean([np.linalg.norm(c.position) for c in cameras])
+    for view, camera in enumerate(cameras):
+        _, depth = camera.project(points)
+        surface_depth = renderer.render(camera).depth
+        observed = sample_views(surface_depth[None], [camera], points, 0.0)[0]
+        to_camera = camera.position - points
+        to_camera /= np.linalg.norm(to_camera, axis=-1, keepdims=True)
+        facing = np.clip((normals * to_camera).sum(-1), 0, None)
+        edge = sample_views(edge_distance[view:view + 1], [camera], points, 0.0)[0]
+        weight = facing**2 * np.clip(edge / edge_falloff_px, 0.02, 1.0)
+        weight *= (np.abs(observed - depth) < tolerance) & (edge > 0)
+        colour_sum += weight[:, None] * sample_views(rgb[view:view + 1], [camera], points, 0.0)[0]
+        weight_sum += weight
+
+    texture = np.zeros((texture_size, texture_size, 3), np.float32)
+    baked = np.zeros((texture_size, texture_size), bool)
+    seen = weight_sum > 1e-6
+    texel_index = np.argwhere(covered)[seen]
+    texture[texel_index[:, 0], texel_index[:, 1]] = colour_sum[seen] / weight_sum[seen, None]
+    baked[texel_index[:, 0], texel_index[:, 1]] = True
+    if baked.any():
+        _, (rows, cols) = ndimage.distance_transform_edt(~baked, return_indices=True)
+        texture = texture[rows, cols]
+    return TexturedMesh(vertices, faces, uv, texture)

@@ -1,0 +1,91 @@
+"""Reconstruction stage: a six-view grid (or six view files) to engine-ready GLBs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from recon.camera import PinholeCamera
+from recon.export import export_glb, normalise_for_engine
+from recon.nerfstudio import export_nerfstudio
+from recon.reconstruct import Progress, ReconstructionOptions, reconstruct
+from recon.texture import TexturedMesh
+from zero123pp import matte_view, split_grid, view_cameras
+from zero123pp.views import NUM_VIEWS, Version
+
+
+def open_views(source: str | Path) -> list[Image.Image]:
+    """Six views from a grid image or from a folder holding ``view_0.png`` .. ``view_5.png``."""
+    source = Path(source)
+    if source.is_dir():
+        paths = [source / f"view_{index}.png" for index in range(NUM_VIEWS)]
+        missing = [path.name for path in paths if not path.is_file()]
+        if missing:
+            raise ValueError(f"{source}: a view folder needs view_0.png .. view_5.png; missing {', '.join(missing)}")
+        return [_open(path) for path in paths]
+    if not source.is_file():
+        raise ValueError(f"{source}: no such file or folder")
+    return split_grid(_open(source))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
+
+
+def to_rgba_views(views: list[Image.Image]) -> list[np.ndarray]:
+    """Float RGBA views: alpha when the image has a meaningful one, else matted from the
+    flat background colour (soft edges kept)."""
+    arrays = []
+    for view in views:
+        has_alpha = view.mode in ("RGBA", "LA") and np.asarray(view.getchannel("A")).min() < 255
+        rgba = view.convert("RGBA") if has_alpha else matte_view(view)
+        arrays.append(np.asarray(rgba, np.float32) / 255.0)
+    return arrays
+
+
+def six_view_cameras(version: Version, tile_size: int, cameras_json: Path | None = None) -> list[PinholeCamera]:
+    """Cameras of the six views: from a ``cameras.json`` beside them, else the version's table."""
+    if cameras_json is not None and cameras_json.is_file():
+        views = json.loads(cameras_json.read_text())["views"]
+        return [PinholeCamera.from_dict(view).scaled(tile_size, tile_size) for view in views]
+    return [
+        PinholeCamera(camera.camera_to_world, camera.intrinsics, camera.width, camera.height)
+        for camera in view_cameras(version, tile_size)
+    ]
+
+
+def reconstruct_views(
+    source: str | Path,
+    version: Version = "v1.2",
+    target_faces: int = 20000,
+    texture_size: int = 1024,
+    progress: Progress | None = None,
+    nerfstudio_dir: str | Path | None = None,
+) -> TexturedMesh:
+    """Load, mat and reconstruct six views; the mesh is in the cameras' world frame.
+
+    ``nerfstudio_dir`` also writes the matted views, masks and cameras in nerfstudio's format.
+    """
+    source = Path(source)
+    images = to_rgba_views(open_views(source))
+    cameras_json = source / "cameras.json" if source.is_dir() else None
+    cameras = six_view_cameras(version, images[0].shape[1], cameras_json)
+    options = ReconstructionOptions(target_faces=target_faces, texture_size=texture_size)
+    asset = reconstruct(images, cameras, options, progress)
+    if nerfstudio_dir is not None:
+        export_nerfstudio(images, cameras, nerfstudio_dir)
+    return asset
+
+
+def export_asset(asset: TexturedMesh, output: str | Path, lods: int = 3, height: float = 1.0) -> list[Path]:
+    """Normalise for engines (bottom-centre pivot, ``height`` metres) and write the LOD GLBs."""
+    normalised = TexturedMesh(normalise_for_engine(asset.vertices, height), asset.faces, asset.uv, asset.texture)
+    return export_glb(normalised, output, lods)
