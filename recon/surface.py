@@ -57,21 +57,17 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
 def decimate_textured(
     vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, target_faces: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decimate a UV-mapped mesh keeping its UVs valid for the same texture (for LODs).
+    """Decimate a UV-mapped mesh so its UVs stay valid for the same texture (for LODs).
 
-    Per-vertex UVs go to pymeshlab as wedge coordinates; its texture-aware quadric collapse
-    then keeps seams, and the result is split back to per-vertex UVs.
+    The unwrapped mesh has its vertices split along chart seams, so every seam is a mesh
+    boundary: quadric collapse with boundaries preserved and without optimal placement
+    keeps each surviving vertex's own position and UV, and no chart can crack open.
     """
     meshset = pymeshlab.MeshSet()
-    wedges = uv[faces].reshape(-1, 2)
-    meshset.add_mesh(pymeshlab.Mesh(vertices.astype(np.float64), faces.astype(np.int32), w_tex_coords_matrix=wedges))
-    meshset.meshing_decimation_quadric_edge_collapse_with_texture(
-        targetfacenum=int(target_faces), qualitythr=0.5, preserveboundary=True, preservenormal=True, planarquadric=True,
+    meshset.add_mesh(pymeshlab.Mesh(vertices.astype(np.float64), faces.astype(np.int32), v_tex_coords_matrix=uv))
+    meshset.meshing_decimation_quadric_edge_collapse(
+        targetfacenum=int(target_faces), qualitythr=0.3, preserveboundary=True, boundaryweight=2.0,
+        preservenormal=True, optimalplacement=False, planarquadric=True, autoclean=True,
     )
     current = meshset.current_mesh()
-    new_faces = current.face_matrix()
-    new_wedges = current.wedge_tex_coord_matrix().reshape(-1, 3, 2)
-    corner_positions = current.vertex_matrix()[new_faces].reshape(-1, 3)
-    keys = np.concatenate([corner_positions, new_wedges.reshape(-1, 2)], axis=1)
-    unique, inverse = np.unique(keys.round(9), axis=0, return_inverse=True)
-    return unique[:, :3], inverse.reshape(-1, 3), unique[:, 3:]
+    return current.vertex_matrix(), current.face_matrix().astype(np.int64), current.vertex_tex_coord_matrix()
