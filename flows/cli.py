@@ -7,16 +7,15 @@ import logging
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 
 def _views(args: argparse.Namespace) -> None:
+    from stages.image_input import open_image
     from stages.six_views import DEFAULT_MODELS, generate_six_views, load_six_view_pipeline
 
     if (args.controlnet is None) != (args.depth is None):
         raise ValueError("--controlnet and --depth go together: the depth grid steers the ControlNet")
-    image = _open_image(args.image)
-    depth = _open_image(args.depth) if args.depth else None
+    image = open_image(args.image)
+    depth = open_image(args.depth) if args.depth else None
     pipeline = load_six_view_pipeline(
         args.model or DEFAULT_MODELS[args.version], controlnet=args.controlnet,
         device=args.device, dtype=args.dtype, offload=args.offload,
@@ -69,17 +68,6 @@ def _demo(args: argparse.Namespace) -> None:
     for path in result.write_to(out / "views"):
         print(path)
     print("demo done: tiny random models, so the views are noise-like; the pipeline and files are real")
-
-
-def _open_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

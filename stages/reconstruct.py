@@ -13,6 +13,7 @@ from recon.export import export_glb, normalise_for_engine
 from recon.nerfstudio import export_nerfstudio
 from recon.reconstruct import Progress, ReconstructionOptions, reconstruct
 from recon.texture import TexturedMesh
+from stages.image_input import open_image
 from zero123pp import matte_view, split_grid, view_cameras
 from zero123pp.views import NUM_VIEWS, Version
 
@@ -25,19 +26,10 @@ def open_views(source: str | Path) -> list[Image.Image]:
         missing = [path.name for path in paths if not path.is_file()]
         if missing:
             raise ValueError(f"{source}: a view folder needs view_0.png .. view_5.png; missing {', '.join(missing)}")
-        return [_open(path) for path in paths]
+        return [open_image(path) for path in paths]
     if not source.is_file():
         raise ValueError(f"{source}: no such file or folder")
-    return split_grid(_open(source))
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from None
+    return split_grid(open_image(source))
 
 
 def to_rgba_views(views: list[Image.Image]) -> list[np.ndarray]:
