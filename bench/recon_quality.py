@@ -32,15 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recon.camera import PinholeCamera  # noqa: E402
 from recon.geometry import sample_views, signed_distance, working_volume  # noqa: E402
 from recon.render import MeshRenderer  # noqa: E402
+from stages.reconstruct import to_pinhole  # noqa: E402
 from zero123pp import Camera, join_views, view_cameras  # noqa: E402
 
 GREY = (0.5, 0.5, 0.5)
 HELD_OUT = [(0.0, 0.0), (180.0, 0.0), (90.0, 45.0), (300.0, -30.0)]
 SAMPLES = 100_000
-
-
-def pinhole(camera: Camera) -> PinholeCamera:
-    return PinholeCamera(camera.camera_to_world, camera.intrinsics, camera.width, camera.height)
 
 
 def load_ground_truth(path: Path) -> trimesh.Trimesh:
@@ -59,7 +56,7 @@ def load_ground_truth(path: Path) -> trimesh.Trimesh:
 
 def render_grid(mesh: trimesh.Trimesh) -> tuple:
     renderer = MeshRenderer(mesh)
-    cameras = [pinhole(c) for c in view_cameras("v1.2")]
+    cameras = [to_pinhole(c) for c in view_cameras("v1.2")]
     renders = [renderer.render(camera) for camera in cameras]
     return join_views([r.rgba(GREY) for r in renders]), cameras
 
@@ -90,7 +87,7 @@ def view_metrics(truth: trimesh.Trimesh, result: trimesh.Trimesh) -> dict:
     renderers = [MeshRenderer(m.copy().apply_translation(-centre)) for m in (truth, result)]
     psnrs, ious = [], []
     for azimuth, elevation in HELD_OUT:
-        camera = pinhole(Camera(azimuth, elevation, 30.0, 2.2, 320, 320))
+        camera = to_pinhole(Camera(azimuth, elevation, 30.0, 2.2, 320, 320))
         a, b = (renderer.render(camera) for renderer in renderers)
         union, intersection = a.mask | b.mask, a.mask & b.mask
         ious.append(intersection.sum() / max(union.sum(), 1))

@@ -5,11 +5,12 @@
    (generated views are never exactly consistent) cannot carve away what the others agree
    on, while consistent silhouettes are followed exactly. The field is smooth, so marching
    cubes places the surface with sub-voxel accuracy.
-2. **Photo-consistency carving.** Concavities are inside every silhouette, so silhouettes
-   cannot reveal them. Surface voxels strictly inside all silhouettes are carved when the
-   views that see them (visibility by ray casting the current surface) disagree on their
-   colour: space carving after Kutulakos and Seitz. Written by hand: no library here does
-   voxel carving against calibrated images.
+2. **Photo-consistency carving.** Six silhouettes leave phantom volume (concavities, and
+   regions no view looks across). Surface voxels are carved when the views that see them
+   (visibility by ray casting the current surface) disagree on their colour: space carving
+   after Kutulakos and Seitz. A voxel that is the last material along a silhouette pixel's
+   ray is protected, so carving never changes a silhouette. Written by hand: no library
+   here does voxel carving against calibrated images.
 """
 
 from __future__ import annotations

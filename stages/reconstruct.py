@@ -14,7 +14,7 @@ from recon.nerfstudio import export_nerfstudio
 from recon.reconstruct import Progress, ReconstructionOptions, reconstruct
 from recon.texture import TexturedMesh
 from stages.image_input import open_image
-from zero123pp import matte_view, split_grid, view_cameras
+from zero123pp import Camera, matte_view, split_grid, view_cameras
 from zero123pp.views import NUM_VIEWS, Version
 
 
@@ -43,15 +43,17 @@ def to_rgba_views(views: list[Image.Image]) -> list[np.ndarray]:
     return arrays
 
 
+def to_pinhole(camera: Camera) -> PinholeCamera:
+    """A Zero123++ view camera as the plain pinhole data reconstruction takes."""
+    return PinholeCamera(camera.camera_to_world, camera.intrinsics, camera.width, camera.height)
+
+
 def six_view_cameras(version: Version, tile_size: int, cameras_json: Path | None = None) -> list[PinholeCamera]:
     """Cameras of the six views: from a ``cameras.json`` beside them, else the version's table."""
     if cameras_json is not None and cameras_json.is_file():
         views = json.loads(cameras_json.read_text())["views"]
         return [PinholeCamera.from_dict(view).scaled(tile_size, tile_size) for view in views]
-    return [
-        PinholeCamera(camera.camera_to_world, camera.intrinsics, camera.width, camera.height)
-        for camera in view_cameras(version, tile_size)
-    ]
+    return [to_pinhole(camera) for camera in view_cameras(version, tile_size)]
 
 
 def reconstruct_views(

@@ -10,19 +10,14 @@ import trimesh
 from PIL import Image
 
 from flows.cli import main
-from recon.camera import PinholeCamera
 from recon.gltf_validation import validate_glb
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
-from stages.reconstruct import to_rgba_views
+from stages.reconstruct import to_pinhole, to_rgba_views
 from zero123pp import Camera, join_views, split_grid, view_cameras
 
 FAST = ReconstructionOptions(resolution=64, target_faces=3000, texture_size=256, carve_iterations=8)
 GREY = (0.5, 0.5, 0.5)
-
-
-def pinhole(camera: Camera) -> PinholeCamera:
-    return PinholeCamera(camera.camera_to_world, camera.intrinsics, camera.width, camera.height)
 
 
 def coloured(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
@@ -38,7 +33,7 @@ def capsule() -> trimesh.Trimesh:
 
 
 def render_views(mesh: trimesh.Trimesh, tile: int = 160, version: str = "v1.2"):
-    cameras = [pinhole(c) for c in view_cameras(version, tile)]
+    cameras = [to_pinhole(c) for c in view_cameras(version, tile)]
     renderer = MeshRenderer(mesh)
     return [renderer.render(camera) for camera in cameras], cameras
 
@@ -46,7 +41,7 @@ def render_views(mesh: trimesh.Trimesh, tile: int = 160, version: str = "v1.2"):
 def held_out_iou(truth: trimesh.Trimesh, result: trimesh.Trimesh) -> float:
     ious = []
     for azimuth, elevation in [(0, 0), (180, 0), (90, 45), (300, -30)]:
-        camera = pinhole(Camera(azimuth, elevation, 30.0, 4.0, 160, 160))
+        camera = to_pinhole(Camera(azimuth, elevation, 30.0, 4.0, 160, 160))
         a, b = MeshRenderer(truth).render(camera).mask, MeshRenderer(result).render(camera).mask
         ious.append((a & b).sum() / (a | b).sum())
     return float(np.mean(ious))
@@ -57,7 +52,7 @@ def held_out_iou(truth: trimesh.Trimesh, result: trimesh.Trimesh) -> float:
 
 def test_renderer_depth_and_mask_of_a_sphere():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
-    camera = pinhole(Camera(0, 0, 30.0, 4.0, 64, 64))
+    camera = to_pinhole(Camera(0, 0, 30.0, 4.0, 64, 64))
     result = MeshRenderer(sphere).render(camera)
     assert result.depth[32, 32] == pytest.approx(3.5, abs=0.01)
     radius_px = 32 / np.tan(np.radians(15)) * np.tan(np.arcsin(0.5 / 4.0))
@@ -66,7 +61,7 @@ def test_renderer_depth_and_mask_of_a_sphere():
 
 
 def test_depth_condition_grid_layout_and_normalisation(capsule):
-    cameras = [pinhole(c) for c in view_cameras("v1.1")]
+    cameras = [to_pinhole(c) for c in view_cameras("v1.1")]
     grid = depth_condition_grid(capsule, cameras)
     assert grid.size == (640, 960) and grid.mode == "RGBA"
     for tile in split_grid(grid):
@@ -92,7 +87,7 @@ def test_reconstruction_matches_the_shape_and_bakes_a_texture(capsule):
     # the baked texture reproduces the albedo seen from a held-out view
     textured = trimesh.Trimesh(asset.vertices, asset.faces, process=False,
                                visual=trimesh.visual.TextureVisuals(uv=asset.uv, image=asset.texture_image()))
-    camera = pinhole(Camera(0, 0, 30.0, 4.0, 160, 160))
+    camera = to_pinhole(Camera(0, 0, 30.0, 4.0, 160, 160))
     truth, ours = MeshRenderer(capsule).render(camera), MeshRenderer(textured).render(camera)
     both = truth.mask & ours.mask
     mse = ((truth.albedo - ours.albedo) ** 2)[both].mean()
@@ -216,7 +211,7 @@ def test_bad_input_names_the_problem_and_writes_nothing(capsule_grid, tmp_path, 
 def test_touching_border_on_all_sides_is_refused():
     image = np.ones((64, 64, 4), np.float32)
     image[20:40, 20:40, 3] = 0.0  # a hole, but the object fills the frame
-    camera = pinhole(view_cameras("v1.2", 64)[0])
+    camera = to_pinhole(view_cameras("v1.2", 64)[0])
     from recon.reconstruct import check_views
 
     with pytest.raises(ValueError, match="touches the border on all sides"):
