@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 
+def _settings(args: argparse.Namespace):
+    """The settings with this command's runtime flags on top."""
+    from stages.settings import load_settings
+
+    return load_settings(
+        device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
+        memory_policy="offload" if getattr(args, "offload", False) else None,
+    )
+
+
 def _views(args: argparse.Namespace) -> None:
     from stages.image_input import open_image
-    from stages.six_views import DEFAULT_MODELS, generate_six_views, load_six_view_pipeline
+    from stages.model_cache import get_model
+    from stages.registry import registry
+    from stages.six_views import generate_six_views, load_six_view_pipeline
 
     if (args.controlnet is None) != (args.depth is None):
         raise ValueError("--controlnet and --depth go together: the depth grid steers the ControlNet")
     image = open_image(args.image)
     depth = open_image(args.depth) if args.depth else None
-    pipeline = load_six_view_pipeline(
-        args.model or DEFAULT_MODELS[args.version], controlnet=args.controlnet,
-        device=args.device, dtype=args.dtype, offload=args.offload,
-    )
+    settings = _settings(args)
+    model = args.model or f"zero123plus-{args.version}"
+    known = registry(settings)
+    if model in known and (args.controlnet is None or args.controlnet in known):
+        pipeline = get_model(model, settings, controlnet=args.controlnet).model
+    else:
+        pipeline = load_six_view_pipeline(
+            known[model].source if model in known else model, controlnet=args.controlnet,
+            device=args.device, dtype=args.dtype, offload=args.offload,
+        )
     result = generate_six_views(
         image, pipeline, version=args.version, num_inference_steps=args.steps,
         guidance_scale=args.guidance, seed=args.seed, depth_grid=depth,
@@ -27,6 +46,42 @@ def _views(args: argparse.Namespace) -> None:
     )
     for path in result.write_to(args.output):
         print(path)
+
+
+def _image(args: argparse.Namespace) -> None:
+    from stages.image_output import save_image, save_json
+    from stages.model_cache import get_model
+    from stages.text_to_image import prompt_words, text_to_image
+
+    prompt_words(args.prompt)
+    settings = _settings(args)
+    model = get_model(args.model, settings)
+    refiner = get_model("sdxl-refiner", settings) if args.refiner else None
+    [result] = text_to_image(
+        args.prompt, model, seeds=args.seed, steps=args.steps, guidance=args.guidance, size=args.size, refiner=refiner
+    )
+    output = Path(args.output)
+    save_image(result.image, output)
+    save_json(result.metadata, output.with_suffix(".json"))
+    print(output)
+
+
+def _cutout(args: argparse.Namespace) -> None:
+    from stages.cutout import cut_out
+    from stages.image_input import open_image
+    from stages.image_output import save_image
+    from stages.model_cache import get_model
+
+    image = open_image(args.image)
+    settings = _settings(args)
+    u2net = get_model("u2netp", settings).model
+    sam = get_model(args.sam_model, settings).model if args.segmenter == "sam" else None
+    result = cut_out(image, u2net, sam, segmenter=args.segmenter)
+    save_image(result.cutout, Path(args.output))
+    print(args.output)
+    if args.reframed:
+        save_image(result.reframed, Path(args.reframed))
+        print(args.reframed)
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -43,11 +98,49 @@ def _reconstruct(args: argparse.Namespace) -> None:
         print(path)
 
 
-def _models_make_tiny(args: argparse.Namespace) -> None:
-    from zero123pp.checkpoints import make_tiny_checkpoints
+def _models_list(args: argparse.Namespace) -> None:
+    from stages.registry import registry
 
-    for name, path in make_tiny_checkpoints(args.directory).items():
-        print(f"{name}: {path}")
+    for spec in registry(_settings(args)).values():
+        variant = f" variant={spec.variant}" if spec.variant else ""
+        print(f"{spec.name:26} {spec.kind:12} {spec.source}@{spec.revision}{variant}  [{spec.licence}]")
+
+
+def _models_check(args: argparse.Namespace) -> None:
+    """Resolve (and load) each model without downloading; one line per model, failures named."""
+    from stages.model_cache import get_model
+    from stages.registry import model_spec, registry, resolve
+
+    settings = _settings(args)
+    failures = []
+    for name in args.names or list(registry(settings)):
+        try:
+            resolved = resolve(model_spec(name, settings), download=False)
+            if not args.no_load:
+                get_model(name, settings)
+            print(f"ok      {name}: {resolved.path} ({resolved.revision})")
+        except Exception as error:  # report every model, whatever broke it
+            failures.append(name)
+            print(f"FAILED  {name}: {error}")
+    if failures:
+        raise ValueError(f"{len(failures)} model(s) not usable: {', '.join(failures)}")
+
+
+def _models_fetch(args: argparse.Namespace) -> None:
+    from stages.registry import fetch, model_spec
+
+    settings = _settings(args)
+    for name in args.names:
+        resolved = fetch(model_spec(name, settings))
+        print(f"{name}: {resolved.path} ({resolved.revision})")
+
+
+def _models_make_tiny(args: argparse.Namespace) -> None:
+    from stages.tiny_models import make_tiny_models
+
+    settings_file = make_tiny_models(args.directory)
+    print(settings_file)
+    print(f"use them with: export TEXT_TO_3D_CONFIG={settings_file}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -73,17 +166,18 @@ def _demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="text-to-3d", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--config", help="settings TOML file (sets TEXT_TO_3D_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     views = commands.add_parser("views", help="one object image -> Zero123++ six-view grid, tiles, cameras.json")
     views.add_argument("image", help="input image (RGBA cutout, or RGB object on a plain background)")
     views.add_argument("-o", "--output", required=True, help="output folder")
     views.add_argument("--version", choices=["v1.2", "v1.1"], default="v1.2")
-    views.add_argument("--model", help="checkpoint folder or hub id (default: the published model of --version)")
+    views.add_argument("--model", help="registry name, checkpoint folder or hub id (default: zero123plus-VERSION)")
     views.add_argument("--steps", type=int, default=28, help="denoising steps (75-100 for faces and fine detail)")
     views.add_argument("--guidance", type=float, default=4.0)
     views.add_argument("--seed", type=int, default=0)
-    views.add_argument("--controlnet", help="depth ControlNet folder or hub id (v1.1 only)")
+    views.add_argument("--controlnet", help="depth ControlNet: registry name, folder or hub id (v1.1 only)")
     views.add_argument("--depth", help="depth condition grid PNG (same size as the output grid)")
     views.add_argument("--conditioning-scale", type=float, default=1.0)
     _add_runtime_options(views)
@@ -100,8 +194,38 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")
     rebuild.set_defaults(handler=_reconstruct)
 
-    models = commands.add_parser("models", help="model management").add_subparsers(dest="models_command", required=True)
-    make_tiny = models.add_parser("make-tiny", help="write tiny random checkpoints in the published layouts")
+    image = commands.add_parser("image", help="prompt -> one centred object image (SDXL)")
+    image.add_argument("prompt")
+    image.add_argument("-o", "--output", required=True, help="output PNG (metadata is written beside it as .json)")
+    image.add_argument("--model", default="sdxl-base", help="registry name: sdxl-base, sdxl-turbo, sdxl-lightning")
+    image.add_argument("--refiner", action="store_true", help="finish with the SDXL refiner")
+    image.add_argument("--seed", type=int, default=0)
+    image.add_argument("--steps", type=int, help="default: the model's preset")
+    image.add_argument("--guidance", type=float, help="default: the model's preset")
+    image.add_argument("--size", type=int, help="square side in pixels (default: the model's preset)")
+    _add_runtime_options(image)
+    image.set_defaults(handler=_image)
+
+    cutout = commands.add_parser("cutout", help="image -> RGBA cutout of its object, optionally re-framed")
+    cutout.add_argument("image")
+    cutout.add_argument("-o", "--output", required=True, help="RGBA PNG at the input's size and position")
+    cutout.add_argument("--segmenter", choices=["sam", "u2net"], default="sam")
+    cutout.add_argument("--sam-model", default="sam-vit-huge", help="registry name of the SAM model")
+    cutout.add_argument("--reframed", help="also write the square image for Zero123++ (object on grey)")
+    _add_runtime_options(cutout)
+    cutout.set_defaults(handler=_cutout)
+
+    models = commands.add_parser("models", help="model registry").add_subparsers(dest="models_command", required=True)
+    models.add_parser("list", help="every configured model").set_defaults(handler=_models_list)
+    check = models.add_parser("check", help="check that models resolve locally and load")
+    check.add_argument("names", nargs="*", help="registry names (default: all)")
+    check.add_argument("--no-load", action="store_true", help="only find the files")
+    _add_runtime_options(check)
+    check.set_defaults(handler=_models_check)
+    fetch = models.add_parser("fetch", help="download models into their caches")
+    fetch.add_argument("names", nargs="+")
+    fetch.set_defaults(handler=_models_fetch)
+    make_tiny = models.add_parser("make-tiny", help="write tiny random checkpoints of every model and a models.toml")
     make_tiny.add_argument("directory")
     make_tiny.set_defaults(handler=_models_make_tiny)
 
@@ -122,6 +246,16 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+    if args.config:
+        from stages.settings import CONFIG_ENV
+
+        os.environ[CONFIG_ENV] = args.config
     try:
         args.handler(args)
     except (ValueError, TypeError) as error:

@@ -14,8 +14,6 @@ from stages.runtime import resolve_device, resolve_dtype
 from zero123pp import Camera, Zero123PlusPipeline, split_grid, view_cameras, write_cameras_json
 from zero123pp.views import Version
 
-DEFAULT_MODELS: dict[str, str] = {"v1.2": "sudo-ai/zero123plus-v1.2", "v1.1": "sudo-ai/zero123plus-v1.1"}
-
 
 @dataclass
 class SixViews:

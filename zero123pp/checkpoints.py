@@ -9,6 +9,7 @@ architecture (SD2 UNet, SD VAE, OpenCLIP-H text tower, CLIP ViT-H/14) for benchm
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -83,17 +84,30 @@ def _byte_symbols() -> list[str]:
     return [symbols[byte] for byte in range(256)]
 
 
-def write_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer without merges: real vocabulary files, 77 tokens.
+def write_tokenizer(folder: Path, words: Iterable[str] = ()) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer: real vocabulary files, 77 tokens.
 
+    Without ``words`` it has no merges, so every character is one token. Each of ``words``
+    (lower-case letters) gets the merges that make it a single token, as in the real
+    vocabulary, so long fixed prompts fit the 77 tokens of a tiny model too.
     transformers 5 ignores ``CLIPTokenizer(vocab_file=...)``, so the files are written and
     loaded back with ``from_pretrained``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()
     vocabulary = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocabulary)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    merges: list[str] = []
+    for word in sorted(set(words)):
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            merge = f"{merged} {piece}"
+            merged += piece
+            if merge not in merges:
+                merges.append(merge)
+                vocabulary.append(merged)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(dict.fromkeys(vocabulary))}))
+    (folder / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "model_max_length": TEXT_TOKENS, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>", "pad_token": "!", "do_lower_case": True,

@@ -1,0 +1,77 @@
+"""One settings object for the whole product.
+
+Values come from, highest priority first: arguments given in code (CLI flags and flow
+parameters), environment variables prefixed ``TEXT_TO_3D_`` (nested with ``__``, for example
+``TEXT_TO_3D_MODELS__SDXL_BASE__SOURCE=/models/sdxl``), a TOML file named by
+``TEXT_TO_3D_CONFIG``, then the defaults below. Nothing else in the product reads the
+environment for its own configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+CONFIG_ENV = "TEXT_TO_3D_CONFIG"
+
+MemoryPolicy = Literal["auto", "resident", "offload", "evict"]
+
+
+class ModelOverride(BaseModel):
+    """Fields of one registry entry a deployment may replace (see ``stages.registry``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None
+    revision: str | None = None
+    dtype: str | None = None
+    variant: str | None = None
+    base: str | None = None
+    weights_file: str | None = None
+
+
+class Settings(BaseSettings):
+    """Deployment-wide configuration: where artifacts go, where models come from, where they run."""
+
+    model_config = SettingsConfigDict(env_prefix="TEXT_TO_3D_", env_nested_delimiter="__", extra="forbid")
+
+    store: str = "out/assets"
+    """Artifact store: a local folder, or ``s3://bucket/prefix``."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, R2, a local test server); AWS when unset."""
+    model_cache_dir: Path = Path("~/.cache/text-to-3d").expanduser()
+    """Where ``models fetch`` puts files that do not come from the Hugging Face hub (u2netp)."""
+    device: str = "auto"
+    dtype: str = "auto"
+    memory_policy: MemoryPolicy = "auto"
+    """auto: keep models on the GPU while they fit, evict the least recently used, else offload."""
+    max_resident_bytes: int | None = None
+    """Budget for resident models; default: the free memory of the device (CUDA) or no limit (CPU)."""
+    models: dict[str, ModelOverride] = {}
+    """Per-model overrides keyed by registry name (``sdxl-base``, ``sam-vit-huge``, ...)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file and not Path(config_file).is_file():
+            raise ValueError(f"{CONFIG_ENV}={config_file}: no such settings file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings now (environment and TOML file), with ``overrides`` on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
