@@ -94,8 +94,20 @@ def _reconstruct(args: argparse.Namespace) -> None:
         progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
         nerfstudio_dir=args.export_nerfstudio,
     )
-    for path in export_asset(asset, args.output, lods=args.lods, height=args.height):
+    paths = export_asset(asset, args.output, lods=args.lods, height=args.height)
+    for path in paths:
         print(path)
+    if args.previews:
+        from recon.export import write_atomically
+        from stages.image_output import save_image
+        from stages.preview import load_asset_mesh, render_previews
+
+        previews = render_previews(load_asset_mesh(paths[0]))
+        stem = Path(args.output).with_suffix("")
+        save_image(previews.contact_sheet, stem.with_name(stem.name + "_contact.png"))
+        write_atomically(stem.with_name(stem.name + "_turntable.gif"), previews.turntable_gif)
+        print(stem.with_name(stem.name + "_contact.png"))
+        print(stem.with_name(stem.name + "_turntable.gif"))
 
 
 def _models_list(args: argparse.Namespace) -> None:
@@ -192,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--lods", type=int, default=3)
     rebuild.add_argument("--height", type=float, default=1.0, help="asset height in metres")
     rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")
+    rebuild.add_argument("--previews", action="store_true", help="also write OUT_contact.png and OUT_turntable.gif")
     rebuild.set_defaults(handler=_reconstruct)
 
     image = commands.add_parser("image", help="prompt -> one centred object image (SDXL)")

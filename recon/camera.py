@@ -69,3 +69,25 @@ class PinholeCamera:
     def view_axis(self) -> np.ndarray:
         """Unit vector the camera looks along (world)."""
         return -self.camera_to_world[:3, 2]
+
+
+def orbit_camera(
+    azimuth_deg: float, elevation_deg: float, distance: float, fov_deg: float, size: int,
+    target: np.ndarray | None = None,
+) -> PinholeCamera:
+    """A square camera on a sphere around ``target``, looking at it, world +Y kept up.
+
+    Azimuth 0 / elevation 0 is the front (+Z); positive azimuth turns towards +X, positive
+    elevation looks down from above. The orientation is two axis rotations (yaw, then pitch),
+    so it is defined at every elevation short of the poles.
+    """
+    yaw, pitch = np.radians(azimuth_deg), np.radians(elevation_deg)
+    yaw_matrix = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    pitch_matrix = np.array([[1, 0, 0], [0, np.cos(pitch), np.sin(pitch)], [0, -np.sin(pitch), np.cos(pitch)]])
+    rotation = yaw_matrix @ pitch_matrix
+    camera_to_world = np.eye(4)
+    camera_to_world[:3, :3] = rotation
+    camera_to_world[:3, 3] = (np.zeros(3) if target is None else target) + rotation[:, 2] * distance
+    focal = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
+    intrinsics = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
+    return PinholeCamera(camera_to_world, intrinsics, size, size)

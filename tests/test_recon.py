@@ -162,7 +162,14 @@ def test_cli_reads_a_folder_with_cameras(capsule_grid, tmp_path):
 
     write_cameras_json(view_cameras("v1.2"), folder / "cameras.json", "v1.2")
     assert main(["reconstruct", str(folder), "-o", str(tmp_path / "a.glb"), "--lods", "1",
-                 "--target-faces", "2000", "--texture-size", "256"]) == 0
+                 "--target-faces", "2000", "--texture-size", "256", "--previews"]) == 0
+    sheet = np.asarray(Image.open(tmp_path / "a_contact.png"))
+    assert sheet.shape == (1024, 1024, 3)
+    # Every tile shows the asset (not just background) and clay tiles differ from textured ones.
+    tiles = [sheet[r:r + 256, c:c + 256] for r in range(0, 1024, 256) for c in range(0, 1024, 256)]
+    assert all((np.abs(tile.astype(int) - 128) > 8).any(axis=-1).mean() > 0.05 for tile in tiles)
+    turntable = Image.open(tmp_path / "a_turntable.gif")
+    assert turntable.n_frames == 36 and turntable.info["loop"] == 0
 
 
 def bad_case(tmp_path, capsule_grid, case: str):
