@@ -1,0 +1,156 @@
+"""The artifact store: every stage's outputs under ``{prefix}/{asset_id}/{stage}/{file}``.
+
+Two backends behind one interface: a local folder (the embedded default) and S3 through
+boto3 (any ``endpoint_url``: AWS, MinIO, R2, moto's server). Writes are whole or absent
+(local: a scratch file renamed into place; S3: a single PUT or a completed multipart
+upload), every object carries its SHA-256, and reads verify it, so a truncated or altered
+artifact is never used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from recon.export import write_atomically
+
+SHA256_METADATA = "sha256"
+
+
+class IntegrityError(IOError):
+    """A stored object's bytes do not match the checksum recorded with it."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A reference to one stored artifact: what tasks pass between each other."""
+
+    uri: str
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"uri": self.uri, "sha256": self.sha256, "bytes": self.bytes}
+
+
+class ArtifactStore(Protocol):
+    def put(self, key: str, data: bytes) -> StoredObject: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def uri(self, key: str) -> str: ...
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"invalid artifact key {key!r}: use relative 'asset/stage/file' paths")
+    return key
+
+
+class LocalStore:
+    """A folder; checksums live in ``.sha256`` files beside the artifacts."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def uri(self, key: str) -> str:
+        return (self.root / _check_key(key)).as_uri()
+
+    def put(self, key: str, data: bytes) -> StoredObject:
+        path = self.root / _check_key(key)
+        digest = sha256_of(data)
+        write_atomically(path.with_name(path.name + ".sha256"), digest.encode())
+        write_atomically(path, data)
+        return StoredObject(self.uri(key), digest, len(data))
+
+    def get(self, key: str) -> bytes:
+        path = self.root / _check_key(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri(key)}: no such artifact")
+        data = path.read_bytes()
+        checksum = path.with_name(path.name + ".sha256")
+        if checksum.is_file() and checksum.read_text() != sha256_of(data):
+            raise IntegrityError(f"{self.uri(key)}: content does not match its recorded sha256")
+        return data
+
+    def exists(self, key: str) -> bool:
+        return (self.root / _check_key(key)).is_file()
+
+
+class S3Store:
+    """``s3://bucket/prefix`` through boto3, with adaptive retries and multipart for large files."""
+
+    MULTIPART_BYTES = 16 * 2**20
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 max_attempts: int = 5, connect_timeout: float = 5.0, read_timeout: float = 60.0) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        # botocore retries throttling, 5xx and connection errors with backoff; a task-level
+        # retry sits above this for longer outages.
+        config = Config(retries={"max_attempts": max_attempts, "mode": "adaptive"},
+                        connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+    def _object_key(self, key: str) -> str:
+        return f"{self.prefix}/{_check_key(key)}" if self.prefix else _check_key(key)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def put(self, key: str, data: bytes) -> StoredObject:
+        from boto3.s3.transfer import TransferConfig
+
+        digest = sha256_of(data)
+        self.client.upload_fileobj(
+            io.BytesIO(data), self.bucket, self._object_key(key),
+            ExtraArgs={"Metadata": {SHA256_METADATA: digest}},
+            Config=TransferConfig(multipart_threshold=self.MULTIPART_BYTES, multipart_chunksize=self.MULTIPART_BYTES),
+        )
+        return StoredObject(self.uri(key), digest, len(data))
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"{self.uri(key)}: no such artifact") from None
+            raise
+        data = response["Body"].read()
+        expected = response.get("Metadata", {}).get(SHA256_METADATA)
+        if expected is not None and expected != sha256_of(data):
+            raise IntegrityError(f"{self.uri(key)}: content does not match its recorded sha256")
+        return data
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+
+
+def open_store(location: str, endpoint_url: str | None = None) -> ArtifactStore:
+    """``s3://bucket/prefix`` gives an S3 store, anything else a local folder."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://"):].partition("/")
+        if not bucket:
+            raise ValueError(f"{location!r}: an S3 store needs a bucket (s3://bucket/prefix)")
+        return S3Store(bucket, prefix, endpoint_url)
+    return LocalStore(location)
+
