@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -47,3 +49,29 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared is absent ({SHARED}): real inputs are not available here")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_models_file(tmp_path_factory) -> Path:
+    """Tiny checkpoints of every registry model and the models.toml that points at them."""
+    from stages.tiny_models import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-front-models"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint: moto's server on a free local port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

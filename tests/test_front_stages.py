@@ -19,13 +19,6 @@ from stages.six_views import generate_six_views
 from stages.text_to_image import text_to_image
 
 
-@pytest.fixture(scope="session")
-def tiny_models_file(tmp_path_factory):
-    from stages.tiny_models import make_tiny_models
-
-    return make_tiny_models(tmp_path_factory.mktemp("tiny-front-models"))
-
-
 @pytest.fixture
 def settings(tiny_models_file, monkeypatch):
     monkeypatch.setenv(CONFIG_ENV, str(tiny_models_file))

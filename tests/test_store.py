@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from datetime import datetime, timezone
 
 import boto3
@@ -11,23 +10,7 @@ import pytest
 
 from flows.assets import StageRecord, asset_id, read_manifest, slugify, write_manifest
 from flows.store import IntegrityError, LocalStore, S3Store, open_store
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -35,7 +18,7 @@ def s3_store(s3_endpoint, monkeypatch):
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
-    bucket = f"assets-{_free_port()}"
+    bucket = f"assets-{free_port()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     return open_store(f"s3://{bucket}/studio", endpoint_url=s3_endpoint)
 
@@ -78,7 +61,7 @@ def test_corruption_is_detected_on_read(store):
 def test_unreachable_endpoint_fails_clearly_after_retries(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{_free_port()}", max_attempts=2, connect_timeout=0.5)
+    store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2, connect_timeout=0.5)
     from botocore.exceptions import EndpointConnectionError
 
     with pytest.raises(EndpointConnectionError):
