@@ -67,6 +67,21 @@ def build_sdxl(dtype: torch.dtype, device: str):
     return pipeline.to(dtype=dtype)
 
 
+def time_on_cuda(run, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` synchronised runs after one warm-up run (kernel
+    selection, compilation); peak-memory statistics restart after the warm-up."""
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 def bench_sdxl(device: str, dtype: torch.dtype, steps: int, compile_unet: bool) -> dict:
     pipeline = build_sdxl(dtype, device)
     if compile_unet:
@@ -74,15 +89,7 @@ def bench_sdxl(device: str, dtype: torch.dtype, steps: int, compile_unet: bool) 
         pipeline.unet = torch.compile(pipeline.unet, mode="max-autotune-no-cudagraphs")
     run = lambda: pipeline("a brass lantern", num_inference_steps=steps, guidance_scale=5.0,  # noqa: E731
                            width=1024, height=1024, generator=torch.Generator().manual_seed(0))
-    run()  # warm-up (kernel selection, compilation)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(3):
-        started = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
+    seconds = time_on_cuda(run, repeats=3)
     # SDXL's compute floor for 30 steps with guidance: about 406 TFLOP (issue 4).
     floor_tflop = 406.0 * steps / 30
     best = min(seconds)
@@ -108,15 +115,7 @@ def bench_sam(device: str, dtype: torch.dtype) -> dict:
         with torch.no_grad():
             model(pixel_values=pixels, input_boxes=boxes, multimask_output=True)
 
-    run()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(5):
-        started = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
+    seconds = time_on_cuda(run, repeats=5)
     return {"model": "sam-vit-huge architecture, random weights", "dtype": str(dtype),
             "seconds_per_image": round(min(seconds), 4),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
