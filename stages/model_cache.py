@@ -12,6 +12,7 @@ object back. The memory policy decides what happens when the next model does not
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -200,6 +201,13 @@ def model_cache(settings: Settings) -> ModelCache:
     return _CACHE
 
 
+@functools.lru_cache(maxsize=None)
+def _resolve_once(spec: ModelSpec) -> ResolvedModel:
+    """Resolution asks the hub which commit a revision names: once per spec and process,
+    not on every stage call."""
+    return resolve(spec)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A loaded model and what was resolved for it (spec, files, revision: its lineage)."""
@@ -223,8 +231,8 @@ def get_model(name: str, settings: Settings, controlnet: str | None = None) -> L
     ``controlnet`` names a ControlNet to attach (Zero123++ v1.1 with depth control).
     """
     spec = model_spec(name, settings)
-    resolved = resolve(spec)
+    resolved = _resolve_once(spec)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(spec.dtype if spec.dtype != "auto" else settings.dtype, device)
-    extra = (resolve(model_spec(controlnet, settings)),) if controlnet else ()
+    extra = (_resolve_once(model_spec(controlnet, settings)),) if controlnet else ()
     return LoadedModel(model_cache(settings).get(resolved, device, dtype, extra), resolved)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from stages.settings import Settings
+from zero123pp.pipeline import resolve_checkpoint
 
 Kind = Literal["sdxl", "sdxl-refiner", "sam", "zero123pp", "controlnet", "onnx"]
 PIPELINE_KINDS = ("sdxl", "sdxl-refiner", "zero123pp")
@@ -152,22 +153,13 @@ def _hub_patterns(spec: ModelSpec) -> list[str]:
 
 
 def _resolve_folder(spec: ModelSpec, source: str, patterns: list[str], download: bool) -> Path:
-    local = Path(source).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise ValueError(f"{spec.name}: {source!r} is neither a model folder nor a hub id of the form 'owner/name'")
-    from huggingface_hub import snapshot_download
-
-    ignore = [] if spec.variant else ["*.*.safetensors"]  # variant copies only when asked for
+    """A local folder, or the hub snapshot of ``patterns`` (zero123pp's resolver: it already
+    refuses code and pickles, and fetches variant files only when a variant is named)."""
     try:
-        return Path(snapshot_download(
-            source, revision=spec.revision, allow_patterns=patterns, ignore_patterns=ignore,
-            local_files_only=not download,
-        ))
-    except Exception as error:  # the hub client raises many types; all mean "not obtainable"
-        where = "the hub or its cache" if download else "the local hub cache (not downloading)"
-        raise ValueError(f"{spec.name}: cannot obtain {source}@{spec.revision} from {where}: {error}") from error
+        return resolve_checkpoint(source, variant=spec.variant, revision=spec.revision,
+                                  allow_patterns=patterns, local_files_only=not download)
+    except ValueError as error:
+        raise ValueError(f"{spec.name}: {error}") from None
 
 
 def _revision_of(folder: Path) -> str:

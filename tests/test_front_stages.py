@@ -58,7 +58,7 @@ def test_missing_models_are_named_and_never_downloaded_offline(tmp_path, monkeyp
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     monkeypatch.setenv("TEXT_TO_3D_MODEL_CACHE_DIR", str(tmp_path))
     settings = load_settings()
-    with pytest.raises(ValueError, match="sam-vit-base: cannot obtain facebook/sam-vit-base"):
+    with pytest.raises(ValueError, match="sam-vit-base: cannot obtain checkpoint 'facebook/sam-vit-base'"):
         resolve(model_spec("sam-vit-base", settings), download=False)
     with pytest.raises(ValueError, match="models fetch u2netp"):
         resolve(model_spec("u2netp", settings))
