@@ -154,8 +154,7 @@ def refine_alpha(probability: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """
     mask = probability > 0.5
     _check_mask_share(mask)
-    labels, count = ndimage.label(mask)
-    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    labels, areas = _components(mask)
     keep = 1 + np.flatnonzero(areas >= COMPANION_SHARE * areas.max())
     clean = np.isin(labels, keep)
     warnings = []
@@ -163,8 +162,7 @@ def refine_alpha(probability: np.ndarray) -> tuple[np.ndarray, list[str]]:
         warnings.append(f"found {len(keep)} disjoint objects; Zero123++ expects one, all are kept")
 
     holes = ndimage.binary_fill_holes(clean) & ~clean
-    hole_labels, hole_count = ndimage.label(holes)
-    hole_areas = ndimage.sum_labels(holes, hole_labels, index=np.arange(1, hole_count + 1))
+    hole_labels, hole_areas = _components(holes)
     pinholes = np.isin(hole_labels, 1 + np.flatnonzero(hole_areas < PINHOLE_SHARE * clean.sum()))
     clean |= pinholes
 
@@ -222,10 +220,15 @@ def _check_mask_share(mask: np.ndarray) -> None:
         raise CutoutError(f"the foreground covers {share:.0%} of the image: no background found to cut away")
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected-component labels of ``mask`` (1..N) and the pixel area of each, in label order."""
+    labels, count = ndimage.label(mask)
+    return labels, ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+
+
 def _interior_points(mask: np.ndarray, limit: int = 3) -> list[list[float]]:
     """The most interior pixel (distance-transform peak) of each of the largest components."""
-    labels, count = ndimage.label(mask)
-    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    labels, areas = _components(mask)
     points = []
     for label in 1 + np.argsort(areas)[::-1][:limit]:
         if areas[label - 1] < COMPANION_SHARE * areas.max():
