@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from recon.export import write_atomically
 
@@ -41,6 +42,7 @@ class ArtifactStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def uri(self, key: str) -> str: ...
+    def link(self, key: str) -> str: ...
 
 
 def sha256_of(data: bytes) -> str:
@@ -62,6 +64,10 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return (self.root / _check_key(key)).as_uri()
+
+    def link(self, key: str) -> str:
+        """What a browser on this machine opens: the file's URI."""
+        return self.uri(key)
 
     def put(self, key: str, data: bytes) -> StoredObject:
         path = self.root / _check_key(key)
@@ -107,27 +113,46 @@ class S3Store:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
+    def link(self, key: str, expires_seconds: int = 7 * 24 * 3600) -> str:
+        """A presigned HTTPS URL (a week by default), so the Prefect UI can show the file."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._object_key(key)}, ExpiresIn=expires_seconds)
+
+    @contextmanager
+    def _reaching(self, key: str, action: str) -> Iterator[None]:
+        """Name the endpoint and object when S3 cannot be reached; stays a ConnectionError,
+        which stages retry as transient."""
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        try:
+            yield
+        except BotoConnectionError as error:
+            endpoint = self.client.meta.endpoint_url
+            raise ConnectionError(f"S3 endpoint {endpoint} unreachable while {action} {self.uri(key)}: {error}") from error
+
     def put(self, key: str, data: bytes) -> StoredObject:
         from boto3.s3.transfer import TransferConfig
 
         digest = sha256_of(data)
-        self.client.upload_fileobj(
-            io.BytesIO(data), self.bucket, self._object_key(key),
-            ExtraArgs={"Metadata": {SHA256_METADATA: digest}},
-            Config=TransferConfig(multipart_threshold=self.MULTIPART_BYTES, multipart_chunksize=self.MULTIPART_BYTES),
-        )
+        with self._reaching(key, "writing"):
+            self.client.upload_fileobj(
+                io.BytesIO(data), self.bucket, self._object_key(key),
+                ExtraArgs={"Metadata": {SHA256_METADATA: digest}},
+                Config=TransferConfig(multipart_threshold=self.MULTIPART_BYTES, multipart_chunksize=self.MULTIPART_BYTES),
+            )
         return StoredObject(self.uri(key), digest, len(data))
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            with self._reaching(key, "reading"):
+                response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+                data = response["Body"].read()
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"{self.uri(key)}: no such artifact") from None
             raise
-        data = response["Body"].read()
         expected = response.get("Metadata", {}).get(SHA256_METADATA)
         if expected is not None and expected != sha256_of(data):
             raise IntegrityError(f"{self.uri(key)}: content does not match its recorded sha256")
@@ -137,7 +162,8 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+            with self._reaching(key, "checking"):
+                self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
             return True
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
@@ -145,12 +171,32 @@ class S3Store:
             raise
 
 
-def open_store(location: str, endpoint_url: str | None = None) -> ArtifactStore:
+def open_store(location: str, endpoint_url: str | None = None, max_attempts: int = 5) -> ArtifactStore:
     """``s3://bucket/prefix`` gives an S3 store, anything else a local folder."""
     if location.startswith("s3://"):
         bucket, _, prefix = location[len("s3://"):].partition("/")
         if not bucket:
             raise ValueError(f"{location!r}: an S3 store needs a bucket (s3://bucket/prefix)")
-        return S3Store(bucket, prefix, endpoint_url)
+        return S3Store(bucket, prefix, endpoint_url, max_attempts=max_attempts)
     return LocalStore(location)
 
+
+
+def read_input(location: str, endpoint_url: str | None = None) -> bytes:
+    """The bytes of a user's input file: a local path or ``s3://bucket/key``.
+
+    Raises ``ValueError`` naming the location when it does not exist (bad input, never
+    retried); connection and throttling errors propagate so the caller can retry them.
+    """
+    if location.startswith("s3://"):
+        bucket, _, key = location[len("s3://"):].partition("/")
+        if not bucket or not key:
+            raise ValueError(f"{location!r}: an S3 input needs a bucket and a key (s3://bucket/key)")
+        try:
+            return S3Store(bucket, endpoint_url=endpoint_url).get(key)
+        except FileNotFoundError:
+            raise ValueError(f"{location}: no such input object") from None
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{location}: no such input file")
+    return path.read_bytes()

@@ -10,6 +10,7 @@ from PIL import Image
 
 from recon.camera import PinholeCamera
 from recon.export import export_glb, normalise_for_engine
+from recon.gltf_validation import validate_glb
 from recon.nerfstudio import export_nerfstudio
 from recon.reconstruct import Progress, ReconstructionOptions, reconstruct
 from recon.texture import TexturedMesh
@@ -79,7 +80,29 @@ def reconstruct_views(
     return asset
 
 
-def export_asset(asset: TexturedMesh, output: str | Path, lods: int = 3, height: float = 1.0) -> list[Path]:
-    """Normalise for engines (bottom-centre pivot, ``height`` metres) and write the LOD GLBs."""
-    normalised = TexturedMesh(normalise_for_engine(asset.vertices, height), asset.faces, asset.uv, asset.texture)
-    return export_glb(normalised, output, lods)
+def export_asset(asset: TexturedMesh, output: str | Path, lods: int = 3, height: float | None = 1.0) -> list[Path]:
+    """Write the LOD GLBs, normalised for engines (bottom-centre pivot, ``height`` metres);
+    ``height=None`` keeps the coordinates as they are (a studio's own retextured mesh)."""
+    if height is not None:
+        asset = TexturedMesh(normalise_for_engine(asset.vertices, height), asset.faces, asset.uv, asset.texture)
+    return export_glb(asset, output, lods)
+
+
+def validate_exports(paths: list[Path]) -> dict[str, int | str]:
+    """Run the Khronos glTF-Validator on every GLB; raise if any has an error.
+
+    Returns the summed error and warning counts, or ``{"validator": "unavailable: ..."}``
+    where Node.js or the validator is not installed (a worker image without it).
+    """
+    errors = warnings = 0
+    for path in paths:
+        try:
+            report = validate_glb(path)
+        except RuntimeError as error:
+            return {"validator": f"unavailable: {error}"}
+        errors += report["issues"]["numErrors"]
+        warnings += report["issues"]["numWarnings"]
+        if report["issues"]["numErrors"]:
+            messages = "; ".join(issue["message"] for issue in report["issues"]["messages"][:3])
+            raise ValueError(f"{path.name}: the glTF validator found {report['issues']['numErrors']} errors: {messages}")
+    return {"validator": "passed", "errors": errors, "warnings": warnings}

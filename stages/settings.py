@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     """Artifact store: a local folder, or ``s3://bucket/prefix``."""
     s3_endpoint_url: str | None = None
     """S3-compatible endpoint (MinIO, R2, a local test server); AWS when unset."""
+    s3_max_attempts: int = 5
+    """boto3's own attempts per S3 request (adaptive backoff) before a stage sees the error."""
     model_cache_dir: Path = Path("~/.cache/text-to-3d").expanduser()
     """Where ``models fetch`` puts files that do not come from the Hugging Face hub (u2netp)."""
     device: str = "auto"
@@ -51,6 +53,12 @@ class Settings(BaseSettings):
     """auto: keep models on the GPU while they fit, evict the least recently used, else offload."""
     max_resident_bytes: int | None = None
     """Budget for resident models; default: the free memory of the device (CUDA) or no limit (CPU)."""
+    task_runner: Literal["threads", "dask", "ray"] = "threads"
+    """Where flows run their stage tasks: local threads, a Dask cluster or a Ray cluster."""
+    task_runner_address: str | None = None
+    """Address of an existing Dask scheduler or Ray cluster; unset starts a local one."""
+    max_workers: int = 4
+    """Threads, or local Dask/Ray workers, that run stage tasks at once."""
     models: dict[str, ModelOverride] = {}
     """Per-model overrides keyed by registry name (``sdxl-base``, ``sam-vit-huge``, ...)."""
 

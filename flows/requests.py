@@ -1,0 +1,126 @@
+"""Typed flow parameters (the Prefect UI renders them as forms) and the asset id of each.
+
+Three kinds of request, one per flow: a prompt (text-to-3d), a photo (image-to-3d) and a
+studio's blockout mesh with a prompt or photo to texture it from (mesh-to-3d). The asset
+id hashes everything that decides the result: the parameters, the model revisions and the
+bytes of every input file, so the same request always finds its finished stages and a
+changed input file is a new asset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flows.assets import asset_id
+
+
+class AssetRequest(BaseModel):
+    """What every kind of asset shares: the seed, the front stages and the export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="seed of every generative stage")
+    image_model: str = Field("sdxl-base", description="sdxl-base, sdxl-turbo or sdxl-lightning (prompts only)")
+    image_steps: int | None = Field(None, ge=1, description="SDXL steps; default: the model's preset")
+    image_size: int | None = Field(None, ge=64, description="SDXL image side; default: the model's preset")
+    segmenter: Literal["sam", "u2net"] = "sam"
+    view_steps: int = Field(28, ge=1, description="Zero123++ denoising steps (75-100 for fine detail)")
+    conditioning_scale: float = Field(1.0, ge=0.0, le=2.0, description="depth ControlNet strength")
+    texture_size: int = Field(1024, ge=64, le=8192)
+    lods: int = Field(3, ge=1, le=6, description="LOD0 plus halvings of the face count")
+    preview_size: int = Field(256, ge=32, le=1024, description="tile side of the contact sheet and turntable")
+
+
+class GeneratedShapeRequest(AssetRequest):
+    """Requests whose geometry is reconstructed from the views."""
+
+    version: Literal["v1.2", "v1.1"] = "v1.2"
+    blockout: str | None = Field(None, description="optional mesh (path or s3:// URI) whose depth steers the views")
+    target_faces: int = Field(20000, ge=100)
+    height: float = Field(1.0, gt=0, description="asset height in metres")
+
+    @model_validator(mode="after")
+    def _depth_needs_v11(self) -> "GeneratedShapeRequest":
+        if self.blockout and self.version != "v1.1":
+            raise ValueError("depth control (blockout) needs version v1.1: the depth ControlNet is trained for it")
+        return self
+
+
+class TextTo3DRequest(GeneratedShapeRequest):
+    prompt: str = Field(description="what to make, for example 'a mossy treasure chest'")
+
+
+class ImageTo3DRequest(GeneratedShapeRequest):
+    image: str = Field(description="photo of one object: a local path or s3://bucket/key")
+
+
+class MeshTo3DRequest(AssetRequest):
+    """Retexture: the studio's mesh keeps its geometry; Zero123++ v1.1 with depth control
+    draws the six views it is textured from."""
+
+    mesh: str = Field(description="blockout mesh (GLB, OBJ, PLY, OFF, STL): a local path or s3://bucket/key")
+    prompt: str | None = Field(None, description="what it should look like")
+    image: str | None = Field(None, description="or a reference photo (path or s3:// URI)")
+    version: Literal["v1.1"] = "v1.1"
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> "MeshTo3DRequest":
+        if (self.prompt is None) == (self.image is None):
+            raise ValueError("mesh-to-3d needs exactly one of prompt or image to texture the mesh from")
+        return self
+
+
+Request = TextTo3DRequest | ImageTo3DRequest | MeshTo3DRequest
+REQUEST_OF_FLOW = {"text-to-3d": TextTo3DRequest, "image-to-3d": ImageTo3DRequest, "mesh-to-3d": MeshTo3DRequest}
+
+
+def input_files(request: AssetRequest) -> dict[str, str]:
+    """The user files a request reads, by role."""
+    roles = ("image", "mesh", "blockout")
+    return {role: getattr(request, role) for role in roles if getattr(request, role, None)}
+
+
+def models_used(request: AssetRequest) -> list[str]:
+    """Registry names of the models the request runs."""
+    used = [] if getattr(request, "image", None) else [request.image_model]
+    used += ["u2netp"] + (["sam-vit-huge"] if request.segmenter == "sam" else [])
+    used.append(f"zero123plus-{request.version}")
+    if getattr(request, "blockout", None) or isinstance(request, MeshTo3DRequest):
+        used.append("controlnet-zp11-depth-v1")
+    return used
+
+
+def request_asset_id(request: AssetRequest) -> str:
+    """``{slug}-{hash}``: slug of the prompt or input file name, hash of everything that
+    decides the result. Fails with a clear error on an empty prompt or a missing input."""
+    from flows.tasks import input_digest
+    from stages.registry import registry
+    from stages.settings import load_settings
+    from stages.text_to_image import prompt_words
+
+    prompt = getattr(request, "prompt", None)
+    if prompt is not None:
+        prompt_words(prompt)  # bad input fails before anything runs
+    models = registry(load_settings())
+    revisions = {name: f"{models[name].source}@{models[name].revision}" for name in models_used(request)}
+    files = input_files(request)
+    digests = {role: input_digest(location) for role, location in files.items()}
+    name = prompt or Path(files.get("mesh") or files["image"]).stem
+    kind = type(request).__name__
+    return asset_id(name, {"kind": kind, "request": request.model_dump(), "models": revisions, "inputs": digests})
+
+
+def parent_asset(request: AssetRequest) -> str | None:
+    """The asset a retexture starts from, when its mesh is one of the store's own GLBs
+    (``{store}/{asset_id}/recon/asset.glb``): lineage across assets."""
+    from flows.tasks import store
+
+    mesh = getattr(request, "mesh", None) if isinstance(request, MeshTo3DRequest) else None
+    root = store().uri("_").rsplit("/", 1)[0] + "/"
+    if not mesh:
+        return None
+    mesh_uri = mesh if "://" in mesh else Path(mesh).expanduser().resolve().as_uri()
+    return mesh_uri[len(root):].split("/", 1)[0] if mesh_uri.startswith(root) else None

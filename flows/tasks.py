@@ -1,0 +1,222 @@
+"""The stage tasks every flow is wired from.
+
+Each task loads its inputs from the artifact store by key, calls one stage function, stores
+its outputs under ``{asset_id}/{stage}/`` and returns a small dict: the stored objects
+(uri, sha256, bytes), the models used, seconds and details. Tasks are cached on their inputs
+and source code with persisted results, so a rerun of the same request skips every finished
+stage, and only transient failures are retried: out of GPU memory, S3 throttling and
+connection errors, timeouts. Bad input fails at once.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from flows.store import ArtifactStore, open_store, read_input, sha256_of
+
+TRANSIENT_S3_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "InternalError",
+                      "ServiceUnavailable", "503", "500"}
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry out-of-memory, network, throttling and timeout failures; never bad input."""
+    import torch
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
+
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, (torch.OutOfMemoryError, BotoConnectionError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code")) in TRANSIENT_S3_CODES
+    return False
+
+
+STAGE = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=is_transient,
+             cache_policy=INPUTS + TASK_SOURCE, persist_result=True, timeout_seconds=3600)
+GPU_STAGE = dict(STAGE, tags=["gpu"])
+
+
+def settings() -> Any:
+    from stages.settings import load_settings
+
+    return load_settings()
+
+
+def store() -> ArtifactStore:
+    current = settings()
+    return open_store(current.store, current.s3_endpoint_url, current.s3_max_attempts)
+
+
+def _stage_result(outputs: dict, started: float, models: list | None = None, details: dict | None = None) -> dict:
+    return {"outputs": outputs, "models": models or [], "seconds": time.perf_counter() - started,
+            "details": details or {}}
+
+
+def _put_png(target: ArtifactStore, key: str, image: Any) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return target.put(key, buffer.getvalue()).to_dict()
+
+
+def _get_image(source: ArtifactStore, key: str) -> Any:
+    from stages.image_input import open_image
+
+    return open_image(source.get(key))
+
+
+def key_of(stage_result: dict, output: str, asset: str) -> str:
+    """The store key of one output, from the URI a task returned."""
+    uri = stage_result["outputs"][output]["uri"]
+    return uri[uri.index(f"{asset}/"):]
+
+
+def input_digest(location: str) -> str:
+    """SHA-256 of a user's input file (local path or S3 URI): part of the asset id, so a
+    changed file is a new asset."""
+    current = settings()
+    return sha256_of(read_input(location, current.s3_endpoint_url))
+
+
+@task(name="ingest-image", **STAGE)
+def ingest_image(asset: str, location: str) -> dict:
+    """Copy a user's photo into the asset, checked: PNG, JPEG or WebP, within size limits."""
+    from stages.image_input import open_image
+
+    target, started = store(), time.perf_counter()
+    data = read_input(location, settings().s3_endpoint_url)
+    open_image(data)
+    return _stage_result({"image": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started)
+
+
+@task(name="ingest-mesh", **STAGE)
+def ingest_mesh(asset: str, location: str) -> dict:
+    """Copy a user's blockout mesh into the asset, checked to be a readable triangle mesh."""
+    from stages.retexture import load_blockout
+
+    target, started = store(), time.perf_counter()
+    data = read_input(location, settings().s3_endpoint_url)
+    mesh = load_blockout(data, Path(location).suffix.lstrip("."))
+    return _stage_result({"mesh": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started,
+                         details={"faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices))})
+
+
+@task(name="text-to-image", **GPU_STAGE)
+def image_stage(asset: str, prompt: str, seed: int, model: str, steps: int | None, size: int | None) -> dict:
+    from stages.model_cache import get_model
+    from stages.text_to_image import text_to_image
+
+    target, started = store(), time.perf_counter()
+    loaded = get_model(model, settings())
+    [result] = text_to_image(prompt, loaded, seeds=seed, steps=steps, size=size)
+    details = {k: v for k, v in result.metadata.items() if k not in ("model", "refiner")}
+    return _stage_result({"image": _put_png(target, f"{asset}/image/image.png", result.image)}, started,
+                         [loaded.record()], details)
+
+
+@task(name="cutout", **GPU_STAGE)
+def cutout_stage(asset: str, image_key: str, segmenter: str) -> dict:
+    from stages.cutout import cut_out
+    from stages.model_cache import get_model
+
+    target, current, started = store(), settings(), time.perf_counter()
+    u2net = get_model("u2netp", current)
+    sam = get_model("sam-vit-huge", current) if segmenter == "sam" else None
+    result = cut_out(_get_image(target, image_key), u2net.model, sam.model if sam else None, segmenter=segmenter)
+    outputs = {
+        "cutout": _put_png(target, f"{asset}/cutout/cutout.png", result.cutout),
+        "reframed": _put_png(target, f"{asset}/cutout/reframed.png", result.reframed),
+    }
+    return _stage_result(outputs, started, [m.record() for m in (u2net, sam) if m],
+                         {"warnings": result.warnings, **result.metadata})
+
+
+@task(name="depth-grid", **STAGE)
+def depth_grid_stage(asset: str, mesh_key: str, version: str) -> dict:
+    """The depth ControlNet's condition: the blockout's depth at the six poses."""
+    from stages.retexture import blockout_depth_grid, load_blockout
+
+    target, started = store(), time.perf_counter()
+    mesh = load_blockout(target.get(mesh_key), Path(mesh_key).suffix.lstrip("."))
+    grid = blockout_depth_grid(mesh, version)
+    return _stage_result({"depth_grid": _put_png(target, f"{asset}/depth/depth_grid.png", grid)}, started)
+
+
+@task(name="six-views", **GPU_STAGE)
+def six_views_stage(asset: str, reframed_key: str, version: str, steps: int, seed: int,
+                    depth_key: str | None = None, conditioning_scale: float = 1.0) -> dict:
+    from stages.model_cache import get_model
+    from stages.six_views import generate_six_views
+
+    target, started = store(), time.perf_counter()
+    controlnet = "controlnet-zp11-depth-v1" if depth_key else None
+    loaded = get_model(f"zero123plus-{version}", settings(), controlnet=controlnet)
+    depth = _get_image(target, depth_key) if depth_key else None
+    result = generate_six_views(_get_image(target, reframed_key), loaded.model, version=version,
+                                num_inference_steps=steps, seed=seed, depth_grid=depth,
+                                controlnet_conditioning_scale=conditioning_scale)
+    with tempfile.TemporaryDirectory() as scratch:
+        outputs = {path.stem: target.put(f"{asset}/views/{path.name}", path.read_bytes()).to_dict()
+                   for path in result.write_to(scratch)}
+    models = [loaded.record()] + ([{"name": controlnet}] if controlnet else [])
+    return _stage_result(outputs, started, models)
+
+
+def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: float | None, started: float,
+            texture_size: int) -> dict:
+    """Write the LOD GLBs, validate them and store them under ``{asset}/recon/``."""
+    from stages.reconstruct import export_asset, validate_exports
+
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = export_asset(mesh, Path(scratch) / "asset.glb", lods=lods, height=height)
+        validation = validate_exports(paths)
+        outputs = {path.stem: target.put(f"{asset}/recon/{path.name}", path.read_bytes()).to_dict() for path in paths}
+    return _stage_result(outputs, started, details={"faces": int(len(mesh.faces)), "texture_size": texture_size,
+                                                     **validation})
+
+
+@task(name="reconstruct", **STAGE)
+def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
+                      lods: int, height: float) -> dict:
+    from stages.reconstruct import reconstruct_views
+
+    target, started = store(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        grid = Path(scratch) / "grid.png"
+        grid.write_bytes(target.get(grid_key))
+        mesh = reconstruct_views(grid, version, target_faces=target_faces, texture_size=texture_size)
+    return _export(target, asset, mesh, lods, height, started, texture_size)
+
+
+@task(name="retexture", **STAGE)
+def retexture_stage(asset: str, mesh_key: str, grid_key: str, version: str, texture_size: int, lods: int) -> dict:
+    """Bake the views onto the studio's mesh; its coordinates are kept (no engine normalisation)."""
+    from stages.retexture import load_blockout, retexture
+    from zero123pp import split_grid
+
+    target, started = store(), time.perf_counter()
+    mesh = load_blockout(target.get(mesh_key), Path(mesh_key).suffix.lstrip("."))
+    textured = retexture(mesh, split_grid(_get_image(target, grid_key)), version, texture_size)
+    return _export(target, asset, textured, lods, None, started, texture_size)
+
+
+@task(name="previews", **STAGE)
+def preview_stage(asset: str, glb_key: str, size: int) -> dict:
+    from stages.preview import load_asset_mesh, render_previews
+
+    target, started = store(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        glb = Path(scratch) / "asset.glb"
+        glb.write_bytes(target.get(glb_key))
+        previews = render_previews(load_asset_mesh(glb), tile=size)
+    outputs = {
+        "contact_sheet": _put_png(target, f"{asset}/previews/contact.png", previews.contact_sheet),
+        "turntable": target.put(f"{asset}/previews/turntable.gif", previews.turntable_gif).to_dict(),
+    }
+    return _stage_result(outputs, started)
