@@ -20,20 +20,14 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from flows.assets import read_manifest, slugify
 from flows.plans import plan_for
-from flows.requests import AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest, request_asset_id
+from flows.requests import AssetOptions, AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest, request_asset_id
 from flows.runner import Job, Outcome, make_task_runner, run_jobs
 from flows.store import read_input
 from flows.tasks import settings, store
-
-
-class BatchRequest(BaseModel):
-    manifest: str = Field(description="CSV or JSONL of prompts: a local path or s3://bucket/key")
-    concurrency: int = Field(4, ge=1, description="stage tasks run at once (GPU stages also obey the 'gpu' limit)")
-    defaults: dict[str, Any] = Field(default_factory=dict, description="parameters for every row that sets none")
 
 
 def read_rows(data: bytes, name: str) -> list[dict[str, Any] | ValueError]:
@@ -68,8 +62,9 @@ def row_request(row: dict[str, Any], defaults: dict[str, Any]) -> AssetRequest:
         raise ValueError("the row has more cells than the header has columns")
     fields = {**defaults, **row}
     kind = MeshTo3DRequest if "mesh" in fields else ImageTo3DRequest if "image" in fields else TextTo3DRequest
+    options = {name: fields.pop(name) for name in list(fields) if name in AssetOptions.model_fields}
     try:
-        return kind.model_validate(fields)
+        return kind.model_validate({**fields, "options": options})
     except ValidationError as error:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in error.errors())
         raise ValueError(reasons) from None
@@ -80,12 +75,20 @@ def _outcome_row(number: int, outcome: Outcome) -> dict[str, Any]:
             "error": (outcome.error or "")[:300], "manifest": outcome.manifest or "", "seconds": round(outcome.seconds, 1)}
 
 
-@flow(name="batch-text-to-3d", flow_run_name="batch-{request.manifest}", task_runner=make_task_runner(),
+@flow(name="batch-text-to-3d", flow_run_name="batch-{manifest}", task_runner=make_task_runner(),
       validate_parameters=True)
-def batch_text_to_3d(request: BatchRequest) -> Any:
-    """One asset per manifest row; returns every row's outcome (the run fails if any row did)."""
-    data = read_input(request.manifest, settings().s3_endpoint_url)
-    rows = read_rows(data, Path(request.manifest).name.lower())
+def batch_text_to_3d(manifest: str, concurrency: int = 4, defaults: dict[str, Any] | None = None) -> Any:
+    """One asset per manifest row; returns every row's outcome (the run fails if any row did).
+
+    Args:
+        manifest: CSV or JSONL of prompts: a local path or s3://bucket/key
+        concurrency: stage tasks run at once (GPU stages also obey the 'gpu' concurrency limit)
+        defaults: parameters (seed or any stage option) for rows that do not set them
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    data = read_input(manifest, settings().s3_endpoint_url)
+    rows = read_rows(data, Path(manifest).name.lower())
     target = store()
     outcomes: dict[int, Outcome] = {}
     jobs: dict[int, Job] = {}
@@ -93,7 +96,7 @@ def batch_text_to_3d(request: BatchRequest) -> Any:
         try:
             if isinstance(row, ValueError):
                 raise row
-            asset_request = row_request(row, request.defaults)
+            asset_request = row_request(row, defaults or {})
             asset = request_asset_id(asset_request)
         except ValueError as error:
             outcomes[number] = Outcome(f"row-{number}", "failed", error=str(error), failed_stage="request")
@@ -104,11 +107,11 @@ def batch_text_to_3d(request: BatchRequest) -> Any:
             outcomes[number] = Outcome(asset, "skipped", error="same request as an earlier row")
         else:
             jobs[number] = Job(asset, asset_request, plan_for(asset_request, asset))
-    for number, outcome in zip(jobs, run_jobs(list(jobs.values()), request.concurrency)):
+    for number, outcome in zip(jobs, run_jobs(list(jobs.values()), concurrency)):
         outcomes[number] = outcome
     table = [_outcome_row(number, outcomes[number]) for number in sorted(outcomes)]
-    create_table_artifact(table, key=f"batch-{slugify(Path(request.manifest).stem)}",
-                          description=f"outcome of every row of {request.manifest}")
+    create_table_artifact(table, key=f"batch-{slugify(Path(manifest).stem)}",
+                          description=f"outcome of every row of {manifest}")
     failed = [row for row in table if row["status"] == "failed"]
     summary = f"{len(table)} rows: {len(table) - len(failed)} complete or skipped, {len(failed)} failed"
     return Failed(message=summary, data=table) if failed else Completed(message=summary, data=table)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
-from flows.requests import AssetRequest, GeneratedShapeRequest, MeshTo3DRequest
+from flows.requests import AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest
 from flows.tasks import (
     cutout_stage,
     depth_grid_stage,
@@ -39,50 +39,57 @@ def _reference(request: AssetRequest, asset: str) -> Generator[Step, dict, Resul
         source = yield ingest_image, dict(asset=asset, location=request.image)
         results, image_key = {"input_image": source}, key_of(source, "image", asset)
     else:
+        options = request.options
         image = yield image_stage, dict(asset=asset, prompt=request.prompt, seed=request.seed,
-                                        model=request.image_model, steps=request.image_steps, size=request.image_size)
+                                        model=options.image_model, steps=options.image_steps, size=options.image_size)
         results, image_key = {"image": image}, key_of(image, "image", asset)
-    results["cutout"] = yield cutout_stage, dict(asset=asset, image_key=image_key, segmenter=request.segmenter)
+    results["cutout"] = yield cutout_stage, dict(asset=asset, image_key=image_key, segmenter=request.options.segmenter)
     return results
 
 
-def _views(request: AssetRequest, asset: str, results: Results, mesh_location: str | None) -> Generator[Step, dict, Results]:
-    """Zero123++'s six views, steered by the mesh's depth when a mesh is given."""
+def _views(request: AssetRequest, asset: str, results: Results) -> Generator[Step, dict, Results]:
+    """Zero123++'s six views, steered by the depth of the request's mesh when it has one."""
     depth_key = None
-    if mesh_location:
-        results["input_mesh"] = yield ingest_mesh, dict(asset=asset, location=mesh_location)
+    if request.depth_mesh:
+        results["input_mesh"] = yield ingest_mesh, dict(asset=asset, location=request.depth_mesh)
         results["depth"] = yield depth_grid_stage, dict(asset=asset, mesh_key=key_of(results["input_mesh"], "mesh", asset),
                                                         version=request.version)
         depth_key = key_of(results["depth"], "depth_grid", asset)
     results["views"] = yield six_views_stage, dict(
         asset=asset, reframed_key=key_of(results["cutout"], "reframed", asset), version=request.version,
-        steps=request.view_steps, seed=request.seed, depth_key=depth_key, conditioning_scale=request.conditioning_scale)
+        steps=request.options.view_steps, seed=request.seed, depth_key=depth_key,
+        conditioning_scale=request.options.conditioning_scale)
     return results
 
 
-def generated_shape_plan(request: GeneratedShapeRequest, asset: str) -> Plan:
+def generated_shape_plan(request: TextTo3DRequest | ImageTo3DRequest, asset: str) -> Plan:
     """text-to-3d and image-to-3d: reference image, views, reconstruction, previews."""
+    options = request.options
     results = yield from _reference(request, asset)
-    results = yield from _views(request, asset, results, request.blockout)
+    results = yield from _views(request, asset, results)
     results["recon"] = yield reconstruct_stage, dict(
         asset=asset, grid_key=key_of(results["views"], "grid", asset), version=request.version,
-        target_faces=request.target_faces, texture_size=request.texture_size, lods=request.lods, height=request.height)
-    results["previews"] = yield preview_stage, dict(asset=asset, glb_key=key_of(results["recon"], "asset", asset),
-                                                    size=request.preview_size)
+        target_faces=options.target_faces, texture_size=options.texture_size, lods=options.lods, height=options.height)
+    results["previews"] = yield from _previews(request, asset, results)
     return results
 
 
 def retexture_plan(request: MeshTo3DRequest, asset: str) -> Plan:
     """mesh-to-3d: reference image, depth-steered views, texture baked onto the given mesh."""
     results = yield from _reference(request, asset)
-    results = yield from _views(request, asset, results, request.mesh)
+    results = yield from _views(request, asset, results)
     results["recon"] = yield retexture_stage, dict(
         asset=asset, mesh_key=key_of(results["input_mesh"], "mesh", asset),
         grid_key=key_of(results["views"], "grid", asset), version=request.version,
-        texture_size=request.texture_size, lods=request.lods)
-    results["previews"] = yield preview_stage, dict(asset=asset, glb_key=key_of(results["recon"], "asset", asset),
-                                                    size=request.preview_size)
+        texture_size=request.options.texture_size, lods=request.options.lods)
+    results["previews"] = yield from _previews(request, asset, results)
     return results
+
+
+def _previews(request: AssetRequest, asset: str, results: Results) -> Generator[Step, dict, dict]:
+    previews = yield preview_stage, dict(asset=asset, glb_key=key_of(results["recon"], "asset", asset),
+                                         size=request.options.preview_size)
+    return previews
 
 
 def plan_for(request: AssetRequest, asset: str) -> Plan:

@@ -17,44 +17,58 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flows.assets import asset_id
 
 
-class AssetRequest(BaseModel):
-    """What every kind of asset shares: the seed, the front stages and the export."""
+class AssetOptions(BaseModel):
+    """Every knob of the stages; each has a default that suits a studio's hero asset."""
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(0, description="seed of every generative stage")
     image_model: str = Field("sdxl-base", description="sdxl-base, sdxl-turbo or sdxl-lightning (prompts only)")
     image_steps: int | None = Field(None, ge=1, description="SDXL steps; default: the model's preset")
     image_size: int | None = Field(None, ge=64, description="SDXL image side; default: the model's preset")
     segmenter: Literal["sam", "u2net"] = "sam"
+    version: Literal["v1.2", "v1.1"] | None = Field(
+        None, description="Zero123++ version; default v1.2, or v1.1 with depth control (the ControlNet's version)")
     view_steps: int = Field(28, ge=1, description="Zero123++ denoising steps (75-100 for fine detail)")
     conditioning_scale: float = Field(1.0, ge=0.0, le=2.0, description="depth ControlNet strength")
+    target_faces: int = Field(20000, ge=100, description="faces of a reconstructed LOD0")
     texture_size: int = Field(1024, ge=64, le=8192)
     lods: int = Field(3, ge=1, le=6, description="LOD0 plus halvings of the face count")
+    height: float = Field(1.0, gt=0, description="height in metres of a reconstructed asset")
     preview_size: int = Field(256, ge=32, le=1024, description="tile side of the contact sheet and turntable")
 
 
-class GeneratedShapeRequest(AssetRequest):
-    """Requests whose geometry is reconstructed from the views."""
+class AssetRequest(BaseModel):
+    """One asset: its inputs, its seed and the stage options."""
 
-    version: Literal["v1.2", "v1.1"] = "v1.2"
-    blockout: str | None = Field(None, description="optional mesh (path or s3:// URI) whose depth steers the views")
-    target_faces: int = Field(20000, ge=100)
-    height: float = Field(1.0, gt=0, description="asset height in metres")
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="seed of every generative stage")
+    options: AssetOptions = Field(default_factory=AssetOptions)
+
+    @property
+    def depth_mesh(self) -> str | None:
+        """The mesh whose depth steers the views, if any."""
+        return getattr(self, "mesh", None) or getattr(self, "blockout", None)
+
+    @property
+    def version(self) -> str:
+        return self.options.version or ("v1.1" if self.depth_mesh else "v1.2")
 
     @model_validator(mode="after")
-    def _depth_needs_v11(self) -> "GeneratedShapeRequest":
-        if self.blockout and self.version != "v1.1":
-            raise ValueError("depth control (blockout) needs version v1.1: the depth ControlNet is trained for it")
+    def _depth_needs_v11(self) -> "AssetRequest":
+        if self.depth_mesh and self.options.version == "v1.2":
+            raise ValueError("depth control needs Zero123++ v1.1: the depth ControlNet is trained for it")
         return self
 
 
-class TextTo3DRequest(GeneratedShapeRequest):
+class TextTo3DRequest(AssetRequest):
     prompt: str = Field(description="what to make, for example 'a mossy treasure chest'")
+    blockout: str | None = Field(None, description="optional mesh (path or s3:// URI) whose depth steers the views")
 
 
-class ImageTo3DRequest(GeneratedShapeRequest):
+class ImageTo3DRequest(AssetRequest):
     image: str = Field(description="photo of one object: a local path or s3://bucket/key")
+    blockout: str | None = Field(None, description="optional mesh (path or s3:// URI) whose depth steers the views")
 
 
 class MeshTo3DRequest(AssetRequest):
@@ -64,17 +78,12 @@ class MeshTo3DRequest(AssetRequest):
     mesh: str = Field(description="blockout mesh (GLB, OBJ, PLY, OFF, STL): a local path or s3://bucket/key")
     prompt: str | None = Field(None, description="what it should look like")
     image: str | None = Field(None, description="or a reference photo (path or s3:// URI)")
-    version: Literal["v1.1"] = "v1.1"
 
     @model_validator(mode="after")
     def _one_reference(self) -> "MeshTo3DRequest":
         if (self.prompt is None) == (self.image is None):
             raise ValueError("mesh-to-3d needs exactly one of prompt or image to texture the mesh from")
         return self
-
-
-Request = TextTo3DRequest | ImageTo3DRequest | MeshTo3DRequest
-REQUEST_OF_FLOW = {"text-to-3d": TextTo3DRequest, "image-to-3d": ImageTo3DRequest, "mesh-to-3d": MeshTo3DRequest}
 
 
 def input_files(request: AssetRequest) -> dict[str, str]:
@@ -85,10 +94,11 @@ def input_files(request: AssetRequest) -> dict[str, str]:
 
 def models_used(request: AssetRequest) -> list[str]:
     """Registry names of the models the request runs."""
-    used = [] if getattr(request, "image", None) else [request.image_model]
-    used += ["u2netp"] + (["sam-vit-huge"] if request.segmenter == "sam" else [])
+    options = request.options
+    used = [] if getattr(request, "image", None) else [options.image_model]
+    used += ["u2netp"] + (["sam-vit-huge"] if options.segmenter == "sam" else [])
     used.append(f"zero123plus-{request.version}")
-    if getattr(request, "blockout", None) or isinstance(request, MeshTo3DRequest):
+    if request.depth_mesh:
         used.append("controlnet-zp11-depth-v1")
     return used
 

@@ -202,12 +202,11 @@ def run_name() -> str:
     """Flow run names carry the asset id, so the UI's run list reads as the asset list."""
     from prefect.runtime import flow_run
 
-    from flows.requests import REQUEST_OF_FLOW, request_asset_id
+    from flows.requests import ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest, request_asset_id
 
-    request = flow_run.parameters.get("request")
+    model = {"text-to-3d": TextTo3DRequest, "image-to-3d": ImageTo3DRequest, "mesh-to-3d": MeshTo3DRequest}
     try:
-        model = REQUEST_OF_FLOW[flow_run.flow_name]
-        return request_asset_id(request if isinstance(request, model) else model.model_validate(request))
+        return request_asset_id(model[flow_run.flow_name].model_validate(flow_run.parameters))
     except Exception:  # the flow itself reports bad input; naming the run must not fail first
         return f"{flow_run.flow_name}-invalid-request"
 

@@ -120,13 +120,13 @@ class S3Store:
 
     @contextmanager
     def _reaching(self, key: str, action: str) -> Iterator[None]:
-        """Name the endpoint and object when S3 cannot be reached; stays a ConnectionError,
-        which stages retry as transient."""
-        from botocore.exceptions import ConnectionError as BotoConnectionError
+        """Name the endpoint and object when S3 cannot be reached or drops the connection;
+        raised as a ConnectionError, which stages retry as transient."""
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
 
         try:
             yield
-        except BotoConnectionError as error:
+        except (BotoConnectionError, HTTPClientError) as error:
             endpoint = self.client.meta.endpoint_url
             raise ConnectionError(f"S3 endpoint {endpoint} unreachable while {action} {self.uri(key)}: {error}") from error
 

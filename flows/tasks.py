@@ -10,6 +10,7 @@ connection errors, timeouts. Bad input fails at once.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 import time
@@ -28,10 +29,10 @@ TRANSIENT_S3_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestT
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry out-of-memory, network, throttling and timeout failures; never bad input."""
     import torch
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
     error = state.result(raise_on_failure=False)
-    if isinstance(error, (torch.OutOfMemoryError, BotoConnectionError, ConnectionError, TimeoutError)):
+    if isinstance(error, (torch.OutOfMemoryError, BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
         return True
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code")) in TRANSIENT_S3_CODES
@@ -91,7 +92,7 @@ def ingest_image(asset: str, location: str) -> dict:
 
     target, started = store(), time.perf_counter()
     data = read_input(location, settings().s3_endpoint_url)
-    open_image(data)
+    open_image(data, name=location)
     return _stage_result({"image": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started)
 
 
@@ -102,7 +103,7 @@ def ingest_mesh(asset: str, location: str) -> dict:
 
     target, started = store(), time.perf_counter()
     data = read_input(location, settings().s3_endpoint_url)
-    mesh = load_blockout(data, Path(location).suffix.lstrip("."))
+    mesh = load_blockout(data, Path(location).suffix.lstrip("."), name=location)
     return _stage_result({"mesh": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started,
                          details={"faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices))})
 
@@ -114,7 +115,8 @@ def image_stage(asset: str, prompt: str, seed: int, model: str, steps: int | Non
 
     target, started = store(), time.perf_counter()
     loaded = get_model(model, settings())
-    [result] = text_to_image(prompt, loaded, seeds=seed, steps=steps, size=size)
+    with loaded.lock:
+        [result] = text_to_image(prompt, loaded, seeds=seed, steps=steps, size=size)
     details = {k: v for k, v in result.metadata.items() if k not in ("model", "refiner")}
     return _stage_result({"image": _put_png(target, f"{asset}/image/image.png", result.image)}, started,
                          [loaded.record()], details)
@@ -128,7 +130,9 @@ def cutout_stage(asset: str, image_key: str, segmenter: str) -> dict:
     target, current, started = store(), settings(), time.perf_counter()
     u2net = get_model("u2netp", current)
     sam = get_model("sam-vit-huge", current) if segmenter == "sam" else None
-    result = cut_out(_get_image(target, image_key), u2net.model, sam.model if sam else None, segmenter=segmenter)
+    image = _get_image(target, image_key)
+    with u2net.lock, (sam.lock if sam else contextlib.nullcontext()):
+        result = cut_out(image, u2net.model, sam.model if sam else None, segmenter=segmenter)
     outputs = {
         "cutout": _put_png(target, f"{asset}/cutout/cutout.png", result.cutout),
         "reframed": _put_png(target, f"{asset}/cutout/reframed.png", result.reframed),
@@ -158,9 +162,10 @@ def six_views_stage(asset: str, reframed_key: str, version: str, steps: int, see
     controlnet = "controlnet-zp11-depth-v1" if depth_key else None
     loaded = get_model(f"zero123plus-{version}", settings(), controlnet=controlnet)
     depth = _get_image(target, depth_key) if depth_key else None
-    result = generate_six_views(_get_image(target, reframed_key), loaded.model, version=version,
-                                num_inference_steps=steps, seed=seed, depth_grid=depth,
-                                controlnet_conditioning_scale=conditioning_scale)
+    reference = _get_image(target, reframed_key)
+    with loaded.lock:
+        result = generate_six_views(reference, loaded.model, version=version, num_inference_steps=steps, seed=seed,
+                                    depth_grid=depth, controlnet_conditioning_scale=conditioning_scale)
     with tempfile.TemporaryDirectory() as scratch:
         outputs = {path.stem: target.put(f"{asset}/views/{path.name}", path.read_bytes()).to_dict()
                    for path in result.write_to(scratch)}

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from typing import Callable, TypeVar
+
 import numpy as np
 import pymeshlab
 import trimesh
+
+# pymeshlab's filters are not thread-safe: two running at once in one process crash it
+# (seen with a batch running assets on a thread pool), so every call here takes this lock.
+_MESHLAB = threading.Lock()
+Function = TypeVar("Function", bound=Callable)
+
+
+def _one_at_a_time(function: Function) -> Function:
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        with _MESHLAB:
+            return function(*args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def _to_meshset(mesh: trimesh.Trimesh) -> pymeshlab.MeshSet:
@@ -18,6 +36,7 @@ def _from_meshset(meshset: pymeshlab.MeshSet) -> trimesh.Trimesh:
     return trimesh.Trimesh(current.vertex_matrix(), current.face_matrix(), process=True)
 
 
+@_one_at_a_time
 def clean_surface(mesh: trimesh.Trimesh, smoothing_steps: int = 8, min_component_fraction: float = 0.1) -> trimesh.Trimesh:
     """Remove floating fragments, repair non-manifold parts, close small holes, smooth lightly.
 
@@ -42,6 +61,7 @@ def clean_surface(mesh: trimesh.Trimesh, smoothing_steps: int = 8, min_component
     return cleaned
 
 
+@_one_at_a_time
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     """Quadric edge collapse to at most ``target_faces``, keeping topology and boundaries."""
     if len(mesh.faces) <= target_faces:
@@ -54,6 +74,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     return _from_meshset(meshset)
 
 
+@_one_at_a_time
 def decimate_textured(
     vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, target_faces: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,14 +18,15 @@ FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_PIXELS = 64_000_000
 
 
-def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open a PNG, JPEG or WebP file (or its bytes) as an 8-bit ``RGB`` or ``RGBA`` image.
 
     EXIF orientation is applied; palette, grey, grey+alpha, CMYK and 16-bit images are
     converted, keeping alpha. The size is checked before decoding, so a decompression bomb
-    is refused without being expanded. Raises ``ValueError`` naming the file and problem.
+    is refused without being expanded. Raises ``ValueError`` naming the file (or ``name``,
+    the origin of bytes) and the problem.
     """
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(stream) as image:

@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -208,6 +209,10 @@ def _resolve_once(spec: ModelSpec) -> ResolvedModel:
     return resolve(spec)
 
 
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A loaded model and what was resolved for it (spec, files, revision: its lineage)."""
@@ -218,6 +223,14 @@ class LoadedModel:
     @property
     def spec(self) -> ModelSpec:
         return self.resolved.spec
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while the model runs: one cached model serves every thread of the process,
+        and a pipeline is not reentrant (Zero123++'s reference attention swaps processors
+        per call), so concurrent stages take turns on it."""
+        with _MODEL_LOCKS_GUARD:
+            return _MODEL_LOCKS.setdefault(self.model, threading.Lock())
 
     def record(self) -> dict[str, str]:
         """What lineage records of a model: name, source, resolved revision, licence."""

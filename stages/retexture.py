@@ -24,13 +24,14 @@ MESH_FORMATS = ("glb", "gltf", "obj", "ply", "off", "stl")
 MAX_FACES = 2_000_000
 
 
-def load_blockout(source: str | Path | bytes, file_type: str | None = None) -> trimesh.Trimesh:
+def load_blockout(source: str | Path | bytes, file_type: str | None = None, name: str | None = None) -> trimesh.Trimesh:
     """One triangle mesh from a file path or bytes (GLB, glTF, OBJ, PLY, OFF, STL).
 
     Scenes are flattened into one mesh in scene coordinates. Raises ``ValueError`` naming
-    the problem for unreadable files, unknown formats, empty or flat meshes.
+    the problem (and ``name``, the origin of bytes) for unreadable files, unknown formats,
+    empty meshes and meshes whose vertices all coincide.
     """
-    name = "mesh" if isinstance(source, bytes) else str(source)
+    name = name or ("mesh" if isinstance(source, bytes) else str(source))
     file_type = (file_type or Path(name).suffix.lstrip(".")).lower()
     if file_type not in MESH_FORMATS:
         raise ValueError(f"{name}: unsupported mesh format {file_type!r}; use one of {', '.join(MESH_FORMATS)}")

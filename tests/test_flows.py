@@ -1,11 +1,25 @@
-"""The text-to-3d flow on tiny models, a real Prefect test server and moto's S3 HTTP server."""
+"""The flows on tiny models, a real Prefect test server and moto's S3 HTTP server, reached
+through a real TCP proxy that can drop connections."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import boto3
+import numpy as np
 import pytest
+import trimesh
 
 from tests.conftest import free_port
+from tests.fault_proxy import FaultProxy
+
+# Small but complete: every stage runs, on tiny models, in a few seconds per asset.
+FAST = {"segmenter": "u2net", "view_steps": 1, "texture_size": 64, "lods": 2, "preview_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +30,29 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A blockout (a capsule on a box, as a studio's GLB), a reference photo and a broken photo."""
+    from stages.sample_input import draw_sample_object
+
+    folder = tmp_path_factory.mktemp("inputs")
+    body = trimesh.creation.capsule(height=0.8, radius=0.35)
+    body.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
+    base = trimesh.creation.box([0.9, 0.2, 0.9])
+    base.apply_translation([0, -0.75, 0])
+    blockout = trimesh.util.concatenate([body, base])
+    blockout.apply_translation([3.0, 1.0, -2.0])  # studio coordinates, not centred
+    paths = {"mesh": folder / "blockout.glb", "image": folder / "reference.png", "corrupt": folder / "corrupt.png"}
+    blockout.export(paths["mesh"])
+    draw_sample_object(256).save(paths["image"])
+    paths["corrupt"].write_bytes(paths["image"].read_bytes()[:200])
+    return paths
+
+
 @pytest.fixture
-def flow_settings(prefect_server, tiny_models_file, shared_dir, s3_endpoint, monkeypatch):
+def s3(prefect_server, tiny_models_file, shared_dir, s3_endpoint, monkeypatch):
+    """A fresh bucket behind a fault proxy, and the settings that point every flow at it."""
+    from flows.store import open_store
     from stages.settings import CONFIG_ENV
 
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
@@ -25,47 +60,189 @@ def flow_settings(prefect_server, tiny_models_file, shared_dir, s3_endpoint, mon
         monkeypatch.setenv(name, value)
     bucket = f"flows-{free_port()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    monkeypatch.setenv(CONFIG_ENV, str(tiny_models_file))
-    monkeypatch.setenv("TEXT_TO_3D_MODELS__U2NETP__SOURCE", str(shared_dir / "data" / "u2netp.onnx"))
-    monkeypatch.setenv("TEXT_TO_3D_STORE", f"s3://{bucket}/assets")
-    monkeypatch.setenv("TEXT_TO_3D_S3_ENDPOINT_URL", s3_endpoint)
-    from flows.store import open_store
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = FaultProxy(host, int(port))
+    settings = {CONFIG_ENV: str(tiny_models_file),
+                "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx"),
+                "TEXT_TO_3D_STORE": f"s3://{bucket}/assets", "TEXT_TO_3D_S3_ENDPOINT_URL": proxy.url,
+                # one attempt per request: a dropped connection reaches the stage's own retry
+                "TEXT_TO_3D_S3_MAX_ATTEMPTS": "1"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    yield type("S3", (), {"store": open_store(f"s3://{bucket}/assets", endpoint_url=s3_endpoint),
+                          "proxy": proxy, "env": settings})()
+    proxy.close()
 
-    return open_store(f"s3://{bucket}/assets", endpoint_url=s3_endpoint)
 
-
-def _task_states(flow_state) -> dict[str, str]:
+def _task_runs(flow_state) -> dict[str, object]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run for run in runs}
 
 
-def test_flow_stores_each_finished_stage_and_a_rerun_recomputes_none(flow_settings):
-    from flows.text_to_3d import TextTo3DRequest, request_asset_id, text_to_3d
+def _states(flow_state) -> dict[str, str]:
+    return {name: run.state.name for name, run in _task_runs(flow_state).items()}
 
-    request = TextTo3DRequest(prompt="a red chair", seed=2, image_size=128, image_steps=3, view_steps=2)
-    asset = request_asset_id(request)
-    first = text_to_3d(request, return_state=True)
+
+def _retexture(inputs, seed: int = 0):
+    from flows.mesh_to_3d import mesh_to_3d
+    from flows.requests import AssetOptions, MeshTo3DRequest, request_asset_id
+
+    arguments = dict(mesh=str(inputs["mesh"]), image=str(inputs["image"]), seed=seed, options=AssetOptions(**FAST))
+    return request_asset_id(MeshTo3DRequest(**arguments)), mesh_to_3d(**arguments, return_state=True)
+
+
+def test_mesh_to_3d_writes_every_stage_and_a_complete_manifest_and_a_rerun_recomputes_none(s3, inputs, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.assets import read_manifest
+    from recon.gltf_validation import validate_glb
+
+    asset, state = _retexture(inputs)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    manifest = read_manifest(s3.store, asset)
+    assert set(manifest["stages"]) == {"input_image", "cutout", "input_mesh", "depth", "views", "recon", "previews"}
+    for record in manifest["stages"].values():
+        for stored in record["outputs"].values():
+            key = stored["uri"].split("/assets/", 1)[1]
+            assert s3.store.exists(key), key
+    assert manifest["stages"]["recon"]["details"]["validator"] == "passed"
+    assert {m["name"] for m in manifest["models"]["views"]} == {"zero123plus-v1.1", "controlnet-zp11-depth-v1"}
+
+    glb = tmp_path / "asset.glb"
+    glb.write_bytes(s3.store.get(f"{asset}/recon/asset.glb"))
+    assert validate_glb(glb)["issues"]["numErrors"] == 0
+    baked = trimesh.load(glb, force="mesh")
+    original = trimesh.load(inputs["mesh"], force="mesh")
+    # the studio's geometry is kept: same place, same size, same faces
+    assert np.allclose(baked.bounds, original.bounds, atol=1e-5) and len(baked.faces) == len(original.faces)
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"{asset}-summary", f"{asset}-stages", f"{asset}-glb"])))}
+    assert keys == {f"{asset}-summary", f"{asset}-stages", f"{asset}-glb"}
+
+    again, rerun = _retexture(inputs)
+    assert again == asset and rerun.is_completed()
+    states = _states(rerun)
+    assert {name: value for name, value in states.items() if name != "manifest"} == {
+        name: "Cached" for name in ["ingest-image", "cutout", "ingest-mesh", "depth-grid", "six-views", "retexture",
+                                    "previews"]}, states
+
+
+def test_text_to_3d_stores_each_finished_stage_and_resumes_from_them(s3):
+    from flows.requests import AssetOptions, TextTo3DRequest, request_asset_id
+    from flows.text_to_3d import text_to_3d
+
+    options = AssetOptions(image_size=128, image_steps=3, view_steps=1, preview_size=32)
+    asset = request_asset_id(TextTo3DRequest(prompt="a red chair", seed=2, options=options))
+    first = text_to_3d("a red chair", seed=2, options=options, return_state=True)
     # Random tiny models draw noise, so reconstruction refuses the views (foreground on every
     # border); everything before it is stored and the asset stays incomplete.
     assert first.is_failed()
     assert "foreground touches the border" in str(first.result(raise_on_failure=False))
     for key in ["image/image.png", "cutout/cutout.png", "cutout/reframed.png", "views/grid.png",
                 "views/view_5.png", "views/cameras.json"]:
-        assert flow_settings.exists(f"{asset}/{key}"), key
-    assert not flow_settings.exists(f"{asset}/manifest.json")
+        assert s3.store.exists(f"{asset}/{key}"), key
+    assert not s3.store.exists(f"{asset}/manifest.json")
 
-    second = text_to_3d(request, return_state=True)
-    states = _task_states(second)
+    second = text_to_3d("a red chair", seed=2, options=options, return_state=True)
+    states = _states(second)
     assert states["text-to-image"] == states["cutout"] == states["six-views"] == "Cached", states
-    assert states["reconstruct"] == "Failed"
+    assert states["reconstruct"] == "Failed" and "manifest" not in states
 
 
-def test_bad_prompt_fails_before_any_stage(flow_settings):
-    from flows.text_to_3d import TextTo3DRequest, text_to_3d
+def test_a_dropped_s3_connection_is_retried_and_the_flow_completes(s3, inputs):
+    s3.proxy.drop(2)  # the HTTP client silently reconnects once; the second drop reaches the stage
+    asset, state = _retexture(inputs, seed=5)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    assert s3.proxy.dropped == 2
+    retried = [name for name, run in _task_runs(state).items() if run.run_count > 1]
+    assert retried == ["ingest-image"]
+    assert s3.store.exists(f"{asset}/manifest.json")
 
-    state = text_to_3d(TextTo3DRequest(prompt="   "), return_state=True)
+
+def test_an_unreachable_s3_endpoint_is_retried_then_fails_clearly_with_no_manifest(s3, inputs):
+    s3.proxy.drop_all()
+    asset, state = _retexture(inputs, seed=6)
+    s3.proxy.heal()
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "ingest-image failed" in message and f"S3 endpoint {s3.proxy.url} unreachable" in message
+    assert _task_runs(state)["ingest-image"].run_count == 3  # first try and two retries
+    assert not s3.store.exists(f"{asset}/manifest.json")
+
+
+def test_bad_input_fails_at_once_without_retries(s3, inputs):
+    from flows.image_to_3d import image_to_3d
+    from flows.text_to_3d import text_to_3d
+
+    state = text_to_3d("   ", return_state=True)
     assert state.is_failed() and "prompt is empty" in str(state.result(raise_on_failure=False))
+    state = image_to_3d(str(inputs["corrupt"]), options={"segmenter": "u2net"}, return_state=True)
+    assert state.is_failed() and "corrupt.png" in str(state.result(raise_on_failure=False))
+    state = image_to_3d(str(inputs["image"].with_name("missing.png")), return_state=True)
+    assert state.is_failed() and "missing.png: no such input file" in str(state.result(raise_on_failure=False))
+
+
+def test_a_killed_flow_run_resumes_without_recomputing_finished_stages(s3, inputs, tmp_path):
+    from prefect.settings import get_current_settings
+
+    from flows.requests import AssetOptions, MeshTo3DRequest, request_asset_id
+
+    arguments = dict(mesh=str(inputs["mesh"]), image=str(inputs["image"]), seed=7, options=FAST)
+    asset = request_asset_id(MeshTo3DRequest(mesh=arguments["mesh"], image=arguments["image"], seed=7,
+                                             options=AssetOptions(**FAST)))
+    current = get_current_settings()
+    env = {**os.environ, **s3.env, "PREFECT_API_URL": str(current.api.url),
+           "PREFECT_LOCAL_STORAGE_PATH": str(current.results.local_storage_path)}
+    script = f"from flows.mesh_to_3d import mesh_to_3d; mesh_to_3d(**{json.dumps(arguments)})"
+    worker = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=Path(__file__).parents[1],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not s3.store.exists(f"{asset}/views/grid.png"):
+            assert worker.poll() is None and time.monotonic() < deadline, "the run ended before the views"
+            time.sleep(0.2)
+    finally:
+        worker.kill()  # SIGKILL mid-run: nothing gets to clean up
+        worker.wait()
+    assert not s3.store.exists(f"{asset}/manifest.json")
+
+    from flows.mesh_to_3d import mesh_to_3d
+
+    state = mesh_to_3d(**{**arguments, "options": AssetOptions(**FAST)}, return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    states = _states(state)
+    assert all(states[name] == "Cached" for name in ["ingest-image", "cutout", "ingest-mesh", "depth-grid"]), states
+    assert states["retexture"] == "Completed"
+
+
+def test_a_batch_of_twenty_completes_and_a_bad_row_fails_alone(s3, inputs, tmp_path):
+    from flows.batch import batch_text_to_3d
+
+    rows = [{"mesh": str(inputs["mesh"]), "image": str(inputs["image"]), "seed": seed} for seed in range(100, 120)]
+    rows += [{"prompt": "  "}, {"image": str(inputs["corrupt"]), "segmenter": "u2net"}]
+    lines = [json.dumps(row) for row in rows[:10]] + ['{"prompt": "a broken row",'] + \
+            [json.dumps(row) for row in rows[10:]]
+    manifest = tmp_path / "nightly.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+
+    state = batch_text_to_3d(str(manifest), concurrency=2, defaults=FAST, return_state=True)
+    table = state.result(raise_on_failure=False)
+    assert state.is_failed() and "23 rows: 20 complete or skipped, 3 failed" in state.message
+    outcomes = {row["row"]: row for row in table}
+    failed = {number: row for number, row in outcomes.items() if row["status"] == "failed"}
+    assert set(failed) == {11, 22, 23}
+    assert "not valid JSON" in failed[11]["error"] and "prompt is empty" in failed[22]["error"]
+    assert failed[23]["failed_stage"] == "ingest-image"
+    manifests = [row["manifest"] for row in outcomes.values() if row["status"] == "completed"]
+    assert len(manifests) == 20 and all(s3.store.exists(uri.split("/assets/", 1)[1]) for uri in manifests)
+
+    rerun = batch_text_to_3d(str(manifest), concurrency=2, defaults=FAST, return_state=True)
+    assert sum(row["status"] == "skipped" for row in rerun.result(raise_on_failure=False)) == 20
