@@ -16,7 +16,6 @@ import functools
 import gc
 import logging
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -209,7 +208,9 @@ def _resolve_once(spec: ModelSpec) -> ResolvedModel:
     return resolve(spec)
 
 
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+# Keyed by id: a model evicted and collected may pass its id, and so its lock, to a later
+# model, which only makes them take turns.
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
 _MODEL_LOCKS_GUARD = threading.Lock()
 
 
@@ -230,7 +231,7 @@ class LoadedModel:
         and a pipeline is not reentrant (Zero123++'s reference attention swaps processors
         per call), so concurrent stages take turns on it."""
         with _MODEL_LOCKS_GUARD:
-            return _MODEL_LOCKS.setdefault(self.model, threading.Lock())
+            return _MODEL_LOCKS.setdefault(id(self.model), threading.Lock())
 
     def record(self) -> dict[str, str]:
         """What lineage records of a model: name, source, resolved revision, licence."""
