@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -155,24 +156,70 @@ def _models_make_tiny(args: argparse.Namespace) -> None:
     print(f"use them with: export TEXT_TO_3D_CONFIG={settings_file}")
 
 
-def _demo(args: argparse.Namespace) -> None:
-    """Offline end-to-end run on tiny random models and a built-in input image."""
-    from stages.sample_input import draw_sample_object
-    from stages.six_views import generate_six_views, load_six_view_pipeline
-    from zero123pp.checkpoints import make_tiny_checkpoints
+def _run(args: argparse.Namespace) -> None:
+    """Run one flow here (a local, ephemeral Prefect unless PREFECT_API_URL names a server)."""
+    if args.task_runner:
+        os.environ["TEXT_TO_3D_TASK_RUNNER"] = args.task_runner  # flows build their runner on import
+    options = dict(option.split("=", 1) for option in args.option)
+    if args.flow == "batch":
+        from flows.batch import batch_text_to_3d
 
-    out = Path(args.out)
-    models = out / "models"
-    if not (models / "zero123plus-v1.2" / "model_index.json").is_file():
-        make_tiny_checkpoints(models)
-    out.mkdir(parents=True, exist_ok=True)
-    sample = draw_sample_object()
-    sample.save(out / "input.png")
-    pipeline = load_six_view_pipeline(models / "zero123plus-v1.2", device=args.device)
-    result = generate_six_views(sample, pipeline, num_inference_steps=args.steps, seed=0)
-    for path in result.write_to(out / "views"):
-        print(path)
-    print("demo done: tiny random models, so the views are noise-like; the pipeline and files are real")
+        state = batch_text_to_3d(args.input, concurrency=args.concurrency, defaults=options, return_state=True)
+        for row in state.result(raise_on_failure=False):
+            print(json.dumps(row))
+        if state.is_failed():
+            raise ValueError(state.message)
+        return
+    from flows.requests import AssetOptions
+
+    common = dict(seed=args.seed, options=AssetOptions(**options))
+    if args.flow == "text":
+        from flows.text_to_3d import text_to_3d
+
+        text_to_3d(args.input, blockout=args.blockout, **common)
+    elif args.flow == "image":
+        from flows.image_to_3d import image_to_3d
+
+        image_to_3d(args.input, blockout=args.blockout, **common)
+    else:
+        from flows.mesh_to_3d import mesh_to_3d
+
+        mesh_to_3d(args.input, prompt=args.prompt, image=args.image, **common)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from flows.serve import serve
+
+    sys.exit(serve(api_url=args.api_url, port=args.port, gpu_slots=args.gpus, config=os.environ.get("TEXT_TO_3D_CONFIG")))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """Offline end-to-end run of the mesh-to-3d flow on tiny random models, a built-in photo
+    and a built-in blockout, into a local store."""
+    from stages.registry import fetch, model_spec
+    from stages.sample_input import draw_sample_blockout, draw_sample_object
+    from stages.settings import CONFIG_ENV, load_settings
+    from stages.tiny_models import make_tiny_models
+
+    out = Path(args.out).resolve()
+    config = out / "models" / "models.toml"
+    if not config.is_file():
+        make_tiny_models(out / "models")
+    os.environ[CONFIG_ENV] = str(config)
+    os.environ.setdefault("TEXT_TO_3D_STORE", str(out / "assets"))
+    shared_u2net = Path(__file__).resolve().parents[2] / "shared" / "data" / "u2netp.onnx"
+    if shared_u2net.is_file():
+        os.environ.setdefault("TEXT_TO_3D_MODELS__U2NETP__SOURCE", str(shared_u2net))
+    else:
+        fetch(model_spec("u2netp", load_settings()))
+    draw_sample_object().save(out / "input.png")
+    draw_sample_blockout().export(out / "blockout.glb")
+    from flows.mesh_to_3d import mesh_to_3d
+    from flows.requests import AssetOptions
+
+    options = AssetOptions(segmenter="u2net", view_steps=args.steps, texture_size=512, preview_size=128)
+    manifest = mesh_to_3d(str(out / "blockout.glb"), image=str(out / "input.png"), options=options)
+    print(f"demo done: {manifest}\n(tiny random models draw noise-like views; the stages, files and lineage are real)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,10 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     make_tiny.add_argument("directory")
     make_tiny.set_defaults(handler=_models_make_tiny)
 
-    demo = commands.add_parser("demo", help="offline smoke run on tiny models and a built-in image")
+    run = commands.add_parser("run", help="run a flow here: text, image, mesh (retexture) or batch")
+    run.add_argument("flow", choices=["text", "image", "mesh", "batch"])
+    run.add_argument("input", help="prompt, photo, blockout mesh or manifest (paths or s3:// URIs)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--blockout", help="text/image: mesh whose depth steers the views")
+    run.add_argument("--prompt", help="mesh: what it should look like")
+    run.add_argument("--image", help="mesh: or a reference photo")
+    run.add_argument("--concurrency", type=int, default=4, help="batch: stage tasks at once")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="stage option, e.g. texture_size=2048 (repeatable; batch: defaults for rows)")
+    run.add_argument("--task-runner", choices=["threads", "dask", "ray"], help="where stage tasks run")
+    run.set_defaults(handler=_run)
+
+    serve = commands.add_parser("serve", help="local Prefect server, work pool, deployments and a worker")
+    serve.add_argument("--api-url", help="use this Prefect server instead of starting one")
+    serve.add_argument("--port", type=int, default=4200)
+    serve.add_argument("--gpus", type=int, help="GPU stages at once (default: CUDA devices, at least 1)")
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser("demo", help="offline mesh-to-3d flow on tiny models and built-in inputs")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--steps", type=int, default=28)
-    demo.add_argument("--device", default="auto")
+    demo.add_argument("--steps", type=int, default=4)
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -271,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[CONFIG_ENV] = args.config
     try:
         args.handler(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError) as error:
         print(f"text-to-3d {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

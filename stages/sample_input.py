@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import trimesh
 from PIL import Image
 
 
@@ -32,3 +33,16 @@ def draw_sample_object(size: int = 512) -> Image.Image:
     cork = (np.abs(cork_x) <= 1.0) & (ys >= 0.12) & (ys < 0.2)
     paint(cork, (160, 110, 60), cork_x, np.zeros_like(cork_x))
     return Image.fromarray(np.round(np.clip(rgba * [1, 1, 1, 255], 0, 255)).astype(np.uint8), "RGBA")
+
+
+def draw_sample_blockout() -> trimesh.Trimesh:
+    """A blockout of the same bottle (sphere body, cylinder neck, cork) in metres, +Y up:
+    what a studio hands to the retexture flow."""
+    body = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    neck = trimesh.creation.cylinder(radius=0.09, height=0.2, sections=24)
+    cork = trimesh.creation.cylinder(radius=0.065, height=0.08, sections=24)
+    upright = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])  # cylinders are built along +Z
+    for part, height in ((neck, 0.35), (cork, 0.49)):
+        part.apply_transform(upright)
+        part.apply_translation([0, height, 0])
+    return trimesh.util.concatenate([body, neck, cork])

@@ -1,0 +1,82 @@
+"""``text-to-3d serve``: everything a local run needs, in one command.
+
+Starts a local Prefect server (unless ``--api-url`` names one), creates the ``gpu`` process
+work pool and the ``gpu`` tag concurrency limit (one GPU stage at a time per GPU),
+registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
+``prefect deployment run text-to-3d/default --param prompt="..."`` works from any shell.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+POOL = "gpu"
+
+
+def _prefect() -> str:
+    return shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+
+
+def _wait_healthy(api_url: str, seconds: float = 90.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server at {api_url} did not answer within {seconds:.0f} s") from None
+            time.sleep(0.5)
+
+
+def _gpu_slots() -> int:
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
+def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = None,
+          config: str | None = None) -> int:
+    """Run server (optional), pool, limit, deployments and a worker; returns the worker's exit code."""
+    env = {**os.environ, "TEXT_TO_3D_HOME": str(REPOSITORY)}
+    if config:
+        env["TEXT_TO_3D_CONFIG"] = str(Path(config).resolve())
+    children: list[subprocess.Popen] = []
+
+    def stop(*_: object) -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()  # SIGTERM: Prefect's server and worker can ignore SIGINT
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    try:
+        if api_url is None:
+            api_url = f"http://127.0.0.1:{port}/api"
+            children.append(subprocess.Popen([_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                             env=env))
+        _wait_healthy(api_url)
+        env["PREFECT_API_URL"] = api_url
+        prefect = _prefect()
+        for command in (
+            [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+            [prefect, "concurrency-limit", "create", "gpu", str(gpu_slots or _gpu_slots())],
+            [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPOSITORY / "prefect.yaml")],
+        ):
+            subprocess.run(command, env=env, cwd=REPOSITORY, check=True, stdout=subprocess.DEVNULL)
+        print(f"Prefect UI and API: {api_url.removesuffix('/api')}\n"
+              f"try: PREFECT_API_URL={api_url} prefect deployment run text-to-3d/default "
+              "--param prompt=\"a mossy treasure chest\"", flush=True)
+        children.append(subprocess.Popen([prefect, "worker", "start", "--pool", POOL], env=env, cwd=REPOSITORY))
+        return children[-1].wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
