@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from recon.export import write_atomically
 
 SHA256_METADATA = "sha256"
 
@@ -70,6 +69,10 @@ class LocalStore:
         return self.uri(key)
 
     def put(self, key: str, data: bytes) -> StoredObject:
+        # imported here: flow modules must import light (``prefect deploy`` loads them), and
+        # recon's package pulls in torch
+        from recon.export import write_atomically
+
         path = self.root / _check_key(key)
         digest = sha256_of(data)
         write_atomically(path.with_name(path.name + ".sha256"), digest.encode())

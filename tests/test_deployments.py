@@ -1,0 +1,102 @@
+"""prefect.yaml and infra/ parse and say what they must; a deployment run through `serve`
+and `prefect deployment run` reaches Completed on a real Prefect server."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prefect_yaml_declares_the_four_deployments_on_the_gpu_pool():
+    from prefect import Flow
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {}
+    for deployment in config["deployments"]:
+        module, function = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), function)
+        assert isinstance(flow, Flow)
+        deployments[f"{flow.name}/{deployment['name']}"] = deployment
+        assert deployment["work_pool"]["name"] == "gpu"
+    assert set(deployments) == {"text-to-3d/default", "image-to-3d/default", "mesh-to-3d/default",
+                                "batch-text-to-3d/nightly"}
+    [schedule] = deployments["batch-text-to-3d/nightly"]["schedules"]
+    assert schedule["active"] is False and len(schedule["cron"].split()) == 5
+
+
+def test_infra_files_parse_and_ask_for_gpus():
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile and "-c constraints.txt" in dockerfile
+    compose = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "minio", "gpu-worker"} <= set(services)
+    assert "postgresql+asyncpg" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    [device] = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert services["gpu-worker"]["environment"]["TEXT_TO_3D_STORE"].startswith("s3://")
+
+    template = json.loads((ROOT / "infra" / "k8s" / "gpu-work-pool.json").read_text())
+    assert set(template) == {"variables", "job_configuration"}
+    variables = template["variables"]["properties"]
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus }}" and variables["gpus"]["default"] == 1
+    # every placeholder names a declared variable (Prefect fills them from job variables)
+    placeholders = set(re.findall(r"{{\s*(\w+)\s*}}", json.dumps(template["job_configuration"])))
+    assert placeholders <= set(variables), placeholders - set(variables)
+
+
+@pytest.fixture
+def prefect_api():
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        settings = get_current_settings()
+        yield str(settings.api.url), str(settings.results.local_storage_path)
+
+
+def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_models_file, shared_dir, tmp_path):
+    from stages.sample_input import draw_sample_blockout, draw_sample_object
+
+    api_url, result_storage = prefect_api
+    draw_sample_blockout().export(tmp_path / "bottle.glb")
+    draw_sample_object(256).save(tmp_path / "bottle.png")
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_LOCAL_STORAGE_PATH": result_storage,
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "TEXT_TO_3D_CONFIG": str(tiny_models_file),
+           "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx"),
+           "TEXT_TO_3D_STORE": str(tmp_path / "store")}
+    text_to_3d = [sys.executable, "-m", "flows.cli"]
+    server = subprocess.Popen([*text_to_3d, "serve", "--api-url", api_url, "--gpus", "1"], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        prefect = shutil.which("prefect", path=str(Path(sys.executable).parent))
+        options = json.dumps({"segmenter": "u2net", "view_steps": 1, "texture_size": 64, "lods": 1,
+                              "preview_size": 32})
+        command = [prefect, "deployment", "run", "mesh-to-3d/default", "--param", f"mesh={tmp_path / 'bottle.glb'}",
+                   "--param", f"image={tmp_path / 'bottle.png'}", "--param", f"options={options}",
+                   "--watch", "--watch-timeout", "300"]
+        deadline = time.monotonic() + 120
+        while (run := subprocess.run([prefect, "deployment", "inspect", "mesh-to-3d/default"], env=env,
+                                     capture_output=True, text=True)).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not register the deployments"
+            time.sleep(1)
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=330)
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
+        assert list((tmp_path / "store").glob("*/manifest.json"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+        print(output[-3000:])
