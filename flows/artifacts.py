@@ -8,6 +8,7 @@ from typing import Any
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.store import ArtifactStore
+from flows.tasks import key_of
 
 # Images the summary embeds, in this order: (stage, output, caption).
 EMBEDDED = (("image", "image", "SDXL image"), ("input_image", "image", "input photo"),
@@ -15,10 +16,6 @@ EMBEDDED = (("image", "image", "SDXL image"), ("input_image", "image", "input ph
             ("views", "grid", "six views"), ("previews", "contact_sheet", "contact sheet"),
             ("previews", "turntable", "turntable"))
 LINKED = (("recon", "asset", "glb"), ("views", "grid", "views"), ("previews", "contact_sheet", "contact-sheet"))
-
-
-def _key(uri: str, asset: str) -> str:
-    return uri[uri.index(f"{asset}/"):]
 
 
 def stage_table(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -34,7 +31,7 @@ def stage_table(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def publish_asset_artifacts(store: ArtifactStore, asset: str, manifest: dict[str, Any]) -> None:
     stages = manifest["stages"]
-    link = {(stage, output): store.link(_key(record["outputs"][output]["uri"], asset))
+    link = {(stage, output): store.link(key_of(record, output, asset))
             for stage, record in stages.items() for output in record["outputs"]}
     images = [f"**{caption}**\n\n![{caption}]({link[stage, output]})\n"
               for stage, output, caption in EMBEDDED if (stage, output) in link]

@@ -76,10 +76,10 @@ def manifest_key(asset: str) -> str:
     return f"{asset}/{MANIFEST}"
 
 
-def write_manifest(store: ArtifactStore, asset: str, request: Mapping[str, Any], stages: Mapping[str, StageRecord],
-                   started: datetime, parent: str | None = None) -> StoredObject:
-    """Write the manifest: the last write of an asset, which marks it complete."""
-    manifest = {
+def build_manifest(asset: str, request: Mapping[str, Any], stages: Mapping[str, StageRecord], started: datetime,
+                   parent: str | None = None) -> dict[str, Any]:
+    """An asset's lineage: request, per-stage outputs and timings, models, packages, parent."""
+    return {
         "asset_id": asset,
         "request": dict(request),
         "stages": {name: record.to_dict() for name, record in stages.items()},
@@ -89,6 +89,10 @@ def write_manifest(store: ArtifactStore, asset: str, request: Mapping[str, Any],
         "started_at": started.isoformat(),
         "completed_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+def write_manifest(store: ArtifactStore, asset: str, manifest: Mapping[str, Any]) -> StoredObject:
+    """Write the manifest: the last write of an asset, which marks it complete."""
     return store.put(manifest_key(asset), (json.dumps(manifest, indent=2) + "\n").encode())
 
 

@@ -128,9 +128,9 @@ def parent_asset(request: AssetRequest) -> str | None:
     (``{store}/{asset_id}/recon/asset.glb``): lineage across assets."""
     from flows.tasks import store
 
-    mesh = getattr(request, "mesh", None) if isinstance(request, MeshTo3DRequest) else None
-    root = store().uri("_").rsplit("/", 1)[0] + "/"
-    if not mesh:
+    if not isinstance(request, MeshTo3DRequest):
         return None
+    mesh = request.mesh
+    root = store().uri("_").rsplit("/", 1)[0] + "/"
     mesh_uri = mesh if "://" in mesh else Path(mesh).expanduser().resolve().as_uri()
     return mesh_uri[len(root):].split("/", 1)[0] if mesh_uri.startswith(root) else None

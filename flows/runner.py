@@ -18,11 +18,11 @@ from typing import Any, Literal
 from prefect import task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.assets import StageRecord, read_manifest, write_manifest
+from flows.assets import StageRecord, build_manifest, write_manifest
 from flows.plans import STAGE_ORDER, Plan, Step
 from flows.requests import AssetRequest
 from flows.store import StoredObject
-from flows.tasks import STAGE, store
+from flows.tasks import RETRIES, store
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _record(stage_result: dict) -> StageRecord:
                        details=stage_result.get("details", {}))
 
 
-@task(name="manifest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=STAGE["retry_condition_fn"])
+@task(name="manifest", **RETRIES)
 def finish_asset(asset: str, request: dict, results: dict, started: datetime, parent: str | None = None) -> str:
     """Write the manifest (the asset's last write: now it is complete) and publish the
     asset's lineage artifacts in the Prefect UI; returns the manifest's URI."""
@@ -63,9 +63,10 @@ def finish_asset(asset: str, request: dict, results: dict, started: datetime, pa
 
     target = store()
     records = {name: _record(result) for name, result in results.items()}
-    manifest = write_manifest(target, asset, request, records, started, parent)
-    publish_asset_artifacts(target, asset, read_manifest(target, asset))
-    return manifest.uri
+    manifest = build_manifest(asset, request, records, started, parent)
+    stored = write_manifest(target, asset, manifest)
+    publish_asset_artifacts(target, asset, manifest)
+    return stored.uri
 
 
 def gpu_resources(submitted_task: Any) -> contextlib.AbstractContextManager:

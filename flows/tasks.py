@@ -39,8 +39,8 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-STAGE = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=is_transient,
-             cache_policy=INPUTS + TASK_SOURCE, persist_result=True, timeout_seconds=3600)
+RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=is_transient)
+STAGE = dict(RETRIES, cache_policy=INPUTS + TASK_SOURCE, persist_result=True, timeout_seconds=3600)
 GPU_STAGE = dict(STAGE, tags=["gpu"])
 
 
@@ -73,7 +73,7 @@ def _get_image(source: ArtifactStore, key: str) -> Any:
 
 
 def key_of(stage_result: dict, output: str, asset: str) -> str:
-    """The store key of one output, from the URI a task returned."""
+    """The store key of one output, from the URI a task returned (or a manifest records)."""
     uri = stage_result["outputs"][output]["uri"]
     return uri[uri.index(f"{asset}/"):]
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import boto3
 import pytest
 
-from flows.assets import StageRecord, asset_id, read_manifest, slugify, write_manifest
+from flows.assets import StageRecord, asset_id, build_manifest, read_manifest, slugify, write_manifest
 from flows.store import IntegrityError, LocalStore, S3Store, open_store
 from tests.conftest import free_port
 
@@ -81,7 +81,8 @@ def test_manifest_is_written_last_and_marks_the_asset_complete(store):
     assert read_manifest(store, "chest-1") is None
     image = store.put("chest-1/image/image.png", b"png")
     record = StageRecord("completed", 1.5, {"image": image}, models=[{"name": "sdxl-base", "revision": "local"}])
-    write_manifest(store, "chest-1", {"prompt": "chest"}, {"image": record}, datetime.now(timezone.utc))
+    write_manifest(store, "chest-1", build_manifest("chest-1", {"prompt": "chest"}, {"image": record},
+                                                    datetime.now(timezone.utc)))
     manifest = read_manifest(store, "chest-1")
     assert manifest["stages"]["image"]["outputs"]["image"]["sha256"] == image.sha256
     assert manifest["models"]["image"][0]["name"] == "sdxl-base"
