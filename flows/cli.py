@@ -323,6 +323,9 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The temporary server of an in-process run: no usage telemetry from a studio's machine
+    # (its heartbeat also races the run for SQLite's write lock and logs tracebacks).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         import diffusers

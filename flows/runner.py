@@ -107,9 +107,21 @@ def _advance(job: Job, result: dict | None) -> Step | None:
         return None
 
 
+def _import_native_libraries_on_this_thread() -> None:
+    """Import pymeshlab here, on the flow's own (main) thread, before any stage thread can.
+
+    Imported first from a worker thread, pymeshlab leaves the heap corrupted and the process
+    aborts at exit ("malloc_consolidate(): unaligned fastbin chunk detected"), after every
+    file is written but with exit status 134. Imported on the main thread it is fine to use
+    from any thread (its filters are serialised in ``recon.surface``).
+    """
+    import recon.surface  # noqa: F401
+
+
 def run_jobs(jobs: list[Job], concurrency: int = 4) -> list[Outcome]:
     """Run every job's plan to its manifest, stage name by stage name; never raises for
     one job's failure (its outcome says what failed and why)."""
+    _import_native_libraries_on_this_thread()
     outcomes: dict[str, Outcome] = {}
     waiting: dict[str, tuple[Job, Step]] = {}
     for job in jobs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,19 @@ def test_six_view_stage_with_depth_control(tiny_checkpoints):
                                 seed=3, depth_grid=depth)
     assert result.grid.size == (640, 960) and len(result.views) == 6
     assert result.cameras[0].elevation_deg == 30 and result.cameras[0].width == 320
+
+
+def test_demo_runs_the_mesh_flow_end_to_end_and_the_process_exits_cleanly(shared_dir, tmp_path):
+    """``make run``'s command as a process. Its exit status matters: pymeshlab imported first
+    from a stage thread once made every run abort at exit after all files were written."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx")}
+    for name in ("PREFECT_API_URL", "TEXT_TO_3D_STORE", "TEXT_TO_3D_CONFIG"):
+        env.pop(name, None)
+    script = Path(sys.executable).with_name("text-to-3d")
+    result = subprocess.run([script, "demo", "--out", str(tmp_path / "demo"), "--steps", "1"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest_uri = result.stdout.split("demo done: ", 1)[1].split()[0]
+    manifest = json.loads(Path(manifest_uri.removeprefix("file://")).read_text())
+    assert set(manifest["stages"]) >= {"views", "recon", "previews"}
