@@ -185,6 +185,34 @@ def open_store(location: str, endpoint_url: str | None = None, max_attempts: int
 
 
 
+def input_version(location: str, endpoint_url: str | None = None) -> tuple:
+    """A cheap stamp that changes whenever a user's input file does, without reading it:
+    path, size and modification time locally, ETag and size on S3 (one HEAD request).
+
+    Raises ``ValueError`` naming the location when it does not exist.
+    """
+    if location.startswith("s3://"):
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = location[len("s3://"):].partition("/")
+        if not bucket or not key:
+            raise ValueError(f"{location!r}: an S3 input needs a bucket and a key (s3://bucket/key)")
+        source = S3Store(bucket, endpoint_url=endpoint_url)
+        try:
+            with source._reaching(key, "checking"):
+                head = source.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise ValueError(f"{location}: no such input object") from None
+            raise
+        return location, endpoint_url, head["ETag"], head["ContentLength"]
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{location}: no such input file")
+    status = path.stat()
+    return str(path.resolve()), status.st_size, status.st_mtime_ns
+
+
 def read_input(location: str, endpoint_url: str | None = None) -> bytes:
     """The bytes of a user's input file: a local path or ``s3://bucket/key``.
 

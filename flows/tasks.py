@@ -11,7 +11,9 @@ connection errors, timeouts. Bad input fails at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from flows.store import ArtifactStore, open_store, read_input, sha256_of
+from flows.store import ArtifactStore, input_version, open_store, read_input, sha256_of
 
 TRANSIENT_S3_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "InternalError",
                       "ServiceUnavailable", "503", "500"}
@@ -38,6 +40,21 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
         return str(error.response.get("Error", {}).get("Code")) in TRANSIENT_S3_CODES
     return False
 
+
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drop Prefect's per-task notice that a timeout cannot interrupt a worker thread.
+
+    Stages run in threads on purpose (GPU work releases the GIL; models are shared in one
+    process), and the timeout still fails a stage that overran once its call returns.
+    Prefect repeats the notice on every task run, which buries the log lines that matter.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout of %s seconds configured for this task, but the task is "
+                                              "running in a worker thread")
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=is_transient)
 STAGE = dict(RETRIES, cache_policy=INPUTS + TASK_SOURCE, persist_result=True, timeout_seconds=3600)
@@ -80,9 +97,15 @@ def key_of(stage_result: dict, output: str, asset: str) -> str:
 
 def input_digest(location: str) -> str:
     """SHA-256 of a user's input file (local path or S3 URI): part of the asset id, so a
-    changed file is a new asset."""
-    current = settings()
-    return sha256_of(read_input(location, current.s3_endpoint_url))
+    changed file is a new asset. Memoised on the file's version stamp, so naming the flow
+    run and running it read a large S3 mesh once, not twice."""
+    endpoint = settings().s3_endpoint_url
+    return _digest_of_version(input_version(location, endpoint), location, endpoint)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest_of_version(version: tuple, location: str, endpoint: str | None) -> str:
+    return sha256_of(read_input(location, endpoint))
 
 
 @task(name="ingest-image", **STAGE)

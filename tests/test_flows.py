@@ -246,3 +246,20 @@ def test_a_batch_of_twenty_completes_and_a_bad_row_fails_alone(s3, inputs, tmp_p
 
     rerun = batch_text_to_3d(str(manifest), concurrency=2, defaults=FAST, return_state=True)
     assert sum(row["status"] == "skipped" for row in rerun.result(raise_on_failure=False)) == 20
+
+
+def test_the_dask_runner_runs_every_stage_on_a_local_cluster(s3, inputs, monkeypatch):
+    pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
+    from flows.mesh_to_3d import mesh_to_3d
+    from flows.requests import AssetOptions, MeshTo3DRequest, request_asset_id
+    from flows.runner import make_task_runner
+
+    monkeypatch.setenv("TEXT_TO_3D_TASK_RUNNER", "dask")
+    monkeypatch.setenv("TEXT_TO_3D_MAX_WORKERS", "1")  # one worker process: its models load once
+    runner = make_task_runner()
+    assert type(runner).__name__ == "DaskTaskRunner"
+    arguments = dict(mesh=str(inputs["mesh"]), image=str(inputs["image"]), seed=9, options=AssetOptions(**FAST))
+    state = mesh_to_3d.with_options(task_runner=runner)(**arguments, return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    assert set(_states(state).values()) == {"Completed"}
+    assert s3.store.exists(f"{request_asset_id(MeshTo3DRequest(**arguments))}/manifest.json")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import boto3
 import pytest
 
 from flows.assets import StageRecord, asset_id, build_manifest, read_manifest, slugify, write_manifest
-from flows.store import IntegrityError, LocalStore, S3Store, open_store
+from flows.store import IntegrityError, LocalStore, S3Store, input_version, open_store, read_input
 from tests.conftest import free_port
 
 
@@ -56,6 +57,24 @@ def test_corruption_is_detected_on_read(store):
                                 Metadata={"sha256": "0" * 64})
     with pytest.raises(IntegrityError):
         store.get("a/b/c.bin")
+
+
+def test_an_input_version_changes_with_its_file_and_costs_no_download(store, tmp_path, s3_endpoint):
+    if isinstance(store, LocalStore):
+        location, endpoint = str(tmp_path / "blockout.glb"), None
+        Path(location).write_bytes(b"first")
+    else:
+        store.put("inputs/blockout.glb", b"first")
+        location, endpoint = store.uri("inputs/blockout.glb"), s3_endpoint
+    first = input_version(location, endpoint)
+    assert input_version(location, endpoint) == first and read_input(location, endpoint) == b"first"
+    if isinstance(store, LocalStore):
+        Path(location).write_bytes(b"second, longer")
+    else:
+        store.put("inputs/blockout.glb", b"second, longer")
+    assert input_version(location, endpoint) != first
+    with pytest.raises(ValueError, match="no such input"):
+        input_version(location.replace("blockout", "missing"), endpoint)
 
 
 def test_unreachable_endpoint_fails_clearly_after_retries(monkeypatch):
