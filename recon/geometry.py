@@ -41,7 +41,7 @@ class VoxelField:
     def centres(self) -> np.ndarray:
         n = self.values.shape
         index = np.stack(np.meshgrid(*(np.arange(s) for s in n), indexing="ij"), axis=-1)
-        return self.origin + self.voxel_size * index.astype(np.float64)
+        return (self.origin + self.voxel_size * index).astype(np.float32)
 
 
 def working_volume(cameras: list[PinholeCamera]) -> tuple[np.ndarray, float]:
@@ -104,14 +104,18 @@ def silhouette_field(
     return field
 
 
-def extract_surface(field: VoxelField) -> trimesh.Trimesh:
-    """The zero level set of ``field`` as a mesh with outward normals."""
+def extract_surface(field: VoxelField, process: bool = True) -> trimesh.Trimesh:
+    """The zero level set of ``field`` as a mesh with outward normals.
+
+    ``process=False`` skips vertex merging and the orientation check: enough for ray
+    casting, which carving does once per pass.
+    """
     values = np.pad(field.values, 1, constant_values=min(field.values.min(), -1.0))
     if values.max() <= 0:
         raise ValueError("the views share no common foreground: nothing to reconstruct")
     vertices, faces, _, _ = measure.marching_cubes(values, level=0.0, spacing=(field.voxel_size,) * 3)
-    mesh = trimesh.Trimesh(vertices + field.origin - field.voxel_size, faces[:, ::-1], process=True)
-    if mesh.volume < 0:
+    mesh = trimesh.Trimesh(vertices + field.origin - field.voxel_size, faces[:, ::-1], process=process)
+    if process and mesh.volume < 0:
         mesh.invert()
     return mesh
 
@@ -160,7 +164,7 @@ def carve_photo_inconsistent(
         if len(index) == 0:
             break
         points = centres[surface]
-        renderer = MeshRenderer(extract_surface(VoxelField(values, field.origin, field.voxel_size)))
+        renderer = MeshRenderer(extract_surface(VoxelField(values, field.origin, field.voxel_size), process=False))
         visible = np.zeros((len(cameras), len(points)), bool)
         protected = np.zeros(len(points), bool)
         in_silhouette = sample_views(inside_masks, cameras, points, 0.0) > 0.5

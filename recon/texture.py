@@ -86,7 +86,7 @@ def bake_base_colour(
     face_of, barycentric = rasterize_uv(faces, uv, texture_size)
     covered = face_of >= 0
     corners = faces[face_of[covered]]
-    points = (vertices[corners] * barycentric[covered][..., None]).sum(axis=1)
+    points = (vertices[corners] * barycentric[covered][..., None]).sum(axis=1).astype(np.float32)
     vertex_normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
     normals = (vertex_normals[corners] * barycentric[covered][..., None]).sum(axis=1)
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
