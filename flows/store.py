@@ -162,15 +162,18 @@ class S3Store:
         return data
 
     def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def head(self, key: str) -> dict | None:
+        """The object's metadata (``ETag``, ``ContentLength``, ...), or ``None`` when absent."""
         from botocore.exceptions import ClientError
 
         try:
             with self._reaching(key, "checking"):
-                self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
-            return True
+                return self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return False
+                return None
             raise
 
 
@@ -184,6 +187,19 @@ def open_store(location: str, endpoint_url: str | None = None, max_attempts: int
     return LocalStore(location)
 
 
+def _s3_input(location: str, endpoint_url: str | None) -> tuple[S3Store, str]:
+    bucket, _, key = location[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{location!r}: an S3 input needs a bucket and a key (s3://bucket/key)")
+    return S3Store(bucket, endpoint_url=endpoint_url), key
+
+
+def _local_input(location: str) -> Path:
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{location}: no such input file")
+    return path
+
 
 def input_version(location: str, endpoint_url: str | None = None) -> tuple:
     """A cheap stamp that changes whenever a user's input file does, without reading it:
@@ -192,23 +208,12 @@ def input_version(location: str, endpoint_url: str | None = None) -> tuple:
     Raises ``ValueError`` naming the location when it does not exist.
     """
     if location.startswith("s3://"):
-        from botocore.exceptions import ClientError
-
-        bucket, _, key = location[len("s3://"):].partition("/")
-        if not bucket or not key:
-            raise ValueError(f"{location!r}: an S3 input needs a bucket and a key (s3://bucket/key)")
-        source = S3Store(bucket, endpoint_url=endpoint_url)
-        try:
-            with source._reaching(key, "checking"):
-                head = source.client.head_object(Bucket=bucket, Key=key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise ValueError(f"{location}: no such input object") from None
-            raise
+        source, key = _s3_input(location, endpoint_url)
+        head = source.head(key)
+        if head is None:
+            raise ValueError(f"{location}: no such input object")
         return location, endpoint_url, head["ETag"], head["ContentLength"]
-    path = Path(location).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{location}: no such input file")
+    path = _local_input(location)
     status = path.stat()
     return str(path.resolve()), status.st_size, status.st_mtime_ns
 
@@ -220,14 +225,9 @@ def read_input(location: str, endpoint_url: str | None = None) -> bytes:
     retried); connection and throttling errors propagate so the caller can retry them.
     """
     if location.startswith("s3://"):
-        bucket, _, key = location[len("s3://"):].partition("/")
-        if not bucket or not key:
-            raise ValueError(f"{location!r}: an S3 input needs a bucket and a key (s3://bucket/key)")
+        source, key = _s3_input(location, endpoint_url)
         try:
-            return S3Store(bucket, endpoint_url=endpoint_url).get(key)
+            return source.get(key)
         except FileNotFoundError:
             raise ValueError(f"{location}: no such input object") from None
-    path = Path(location).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{location}: no such input file")
-    return path.read_bytes()
+    return _local_input(location).read_bytes()
