@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = "gpu"
+SHUTDOWN_GRACE_SECONDS = 15  # then children that have not stopped are killed
 
 
 def _prefect() -> str:
@@ -51,12 +52,24 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
         env["TEXT_TO_3D_CONFIG"] = str(Path(config).resolve())
     children: list[subprocess.Popen] = []
 
-    def stop(*_: object) -> None:
+    def stop() -> None:
+        """Stop every child: SIGTERM (Prefect's server and worker can ignore SIGINT),
+        then SIGKILL for any still running after the grace period, so serve always exits."""
         for child in reversed(children):
             if child.poll() is None:
-                child.terminate()  # SIGTERM: Prefect's server and worker can ignore SIGINT
+                child.terminate()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for child in reversed(children):
+            try:
+                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        children.clear()
 
-    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    # SIGTERM unwinds to ``finally``: stopping inside the handler would wait on the very
+    # child the interrupted ``wait()`` holds, a deadlock.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if api_url is None:
             api_url = f"http://127.0.0.1:{port}/api"
