@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 from recon.camera import PinholeCamera
-from recon.geometry import carve_photo_inconsistent, extract_surface, silhouette_field
+from recon.geometry import extract_surface, silhouette_field
+from recon.stereo import fuse_depth_maps, sweep_depths
 from recon.surface import clean_surface, decimate
 from recon.texture import TexturedMesh, bake_base_colour
 
@@ -20,10 +21,20 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class ReconstructionOptions:
+    """``resolution`` voxels along each axis of the field; ``tolerance_px`` how far one view
+    may disagree with the others' silhouettes; ``stereo`` sweeps depths inside the hull
+    (``depth_samples`` coarse steps per ray; a match is a summed squared RGB difference
+    under ``match_threshold``, beaten by ``distinctness`` everywhere farther than
+    ``ambiguity_voxels`` along its ray) and fuses them with ``truncation_voxels``."""
+
     resolution: int = 128
     tolerance_px: float = 3.0
-    carve_iterations: int = 32
-    colour_threshold: float = 0.05
+    stereo: bool = True
+    depth_samples: int = 40
+    match_threshold: float = 0.004
+    ambiguity_voxels: float = 9.0
+    distinctness: float = 0.001
+    truncation_voxels: float = 4.0
     target_faces: int = 20000
     texture_size: int = 1024
 
@@ -72,12 +83,15 @@ def reconstruct(
 
     field = silhouette_field(masks, cameras, options.resolution, options.tolerance_px)
     phase("silhouette field")
-    if options.carve_iterations:
-        field = carve_photo_inconsistent(
-            field, [image[..., :3] for image in images], masks, cameras,
-            iterations=options.carve_iterations, colour_threshold=options.colour_threshold,
+    if options.stereo:
+        hull = extract_surface(field, process=False)
+        depth_maps = sweep_depths(
+            hull, images, cameras, options.depth_samples, match_threshold=options.match_threshold,
+            ambiguity=options.ambiguity_voxels * field.voxel_size, distinctness=options.distinctness,
         )
-        phase("photo-consistency carving")
+        phase("multi-view stereo")
+        field = fuse_depth_maps(field, depth_maps, options.truncation_voxels)
+        phase("depth fusion")
     surface = clean_surface(extract_surface(field))
     phase("iso-surface and clean-up")
     surface = decimate(surface, options.target_faces)

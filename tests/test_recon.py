@@ -10,13 +10,15 @@ import trimesh
 from PIL import Image
 
 from flows.cli import main
+from recon.geometry import extract_surface, silhouette_field
 from recon.gltf_validation import validate_glb
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
+from recon.stereo import sweep_depths
 from stages.reconstruct import to_pinhole, to_rgba_views
 from zero123pp import Camera, join_views, split_grid, view_cameras
 
-FAST = ReconstructionOptions(resolution=64, target_faces=3000, texture_size=256, carve_iterations=8)
+FAST = ReconstructionOptions(resolution=64, target_faces=3000, texture_size=256)
 GREY = (0.5, 0.5, 0.5)
 
 
@@ -81,7 +83,7 @@ def test_reconstruction_matches_the_shape_and_bakes_a_texture(capsule):
     images = [np.asarray(r.rgba(), np.float32) / 255 for r in renders]
     asset = reconstruct(images, cameras, FAST)
     result = trimesh.Trimesh(asset.vertices, asset.faces)
-    assert held_out_iou(capsule, result) > 0.88  # six low views cannot bound a lying capsule's width
+    assert held_out_iou(capsule, result) > 0.95
     assert len(asset.faces) <= 3000
     assert asset.texture.shape == (256, 256, 3) and asset.uv.shape == (len(asset.vertices), 2)
     # the baked texture reproduces the albedo seen from a held-out view
@@ -99,20 +101,38 @@ def test_one_disagreeing_view_does_not_carve_what_the_others_agree_on(capsule):
     images = [np.asarray(r.rgba(), np.float32) / 255 for r in renders]
     images[2] = np.roll(images[2], 2, axis=1)  # one view off by two pixels
     asset = reconstruct(images, cameras, FAST)
-    assert held_out_iou(capsule, trimesh.Trimesh(asset.vertices, asset.faces)) > 0.87
+    assert held_out_iou(capsule, trimesh.Trimesh(asset.vertices, asset.faces)) > 0.93
 
 
-def test_photo_consistency_carves_what_silhouettes_cannot(capsule):
+def test_multi_view_stereo_removes_what_silhouettes_cannot(capsule):
     """No view looks along the lying capsule's axis, so its silhouette hull is far too wide
-    in X; carving by colour consistency must take part of that phantom volume away."""
+    in X; depths matched by colour across the views must take that phantom volume away."""
     renders, cameras = render_views(capsule)
     images = [np.asarray(r.rgba(), np.float32) / 255 for r in renders]
-    hull = reconstruct(images, cameras, ReconstructionOptions(**{**FAST.__dict__, "carve_iterations": 0}))
+    hull = reconstruct(images, cameras, ReconstructionOptions(**{**FAST.__dict__, "stereo": False}))
     carved = reconstruct(images, cameras, FAST)
     volume = lambda asset: trimesh.Trimesh(asset.vertices, asset.faces).volume  # noqa: E731
-    assert capsule.volume < volume(carved) < volume(hull) - 0.02
+    assert abs(volume(carved) - capsule.volume) < 0.25 * (volume(hull) - capsule.volume)
     hull_iou = held_out_iou(capsule, trimesh.Trimesh(hull.vertices, hull.faces))
-    assert held_out_iou(capsule, trimesh.Trimesh(carved.vertices, carved.faces)) > hull_iou + 0.01
+    assert held_out_iou(capsule, trimesh.Trimesh(carved.vertices, carved.faces)) > hull_iou + 0.05
+
+
+def test_stereo_leaves_plain_colour_to_the_silhouettes():
+    """A single-colour surface matches at every depth along a ray: no depth is trusted there,
+    so the surface is not carved at random."""
+    plain = trimesh.creation.capsule(height=0.9, radius=0.35, count=[48, 48])
+    plain.visual = trimesh.visual.ColorVisuals(plain, vertex_colors=np.tile([230, 200, 40, 255], (len(plain.vertices), 1)))
+    renders, cameras = render_views(plain)
+    images = [np.asarray(r.rgba(), np.float32) / 255 for r in renders]
+    masks = [image[..., 3] > 0.5 for image in images]
+    field = silhouette_field(masks, cameras, 64)
+    depth_maps = sweep_depths(extract_surface(field, process=False), images, cameras, ambiguity=9 * field.voxel_size)
+    known = sum(np.isfinite(depth_map.distance).sum() for depth_map in depth_maps)
+    assert known < 0.1 * sum(mask.sum() for mask in masks)  # a few near the silhouettes' curves
+    hull = reconstruct(images, cameras, ReconstructionOptions(**{**FAST.__dict__, "stereo": False}))
+    fused = reconstruct(images, cameras, FAST)
+    volume = lambda asset: trimesh.Trimesh(asset.vertices, asset.faces).volume  # noqa: E731
+    assert volume(fused) == pytest.approx(volume(hull), rel=0.03)
 
 
 # ------------------------------------------------------------------ CLI/GLB
@@ -141,7 +161,7 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
         faces.append(len(mesh.faces))
         # LOD0 is normalised exactly; coarser LODs share its transform (no popping between
         # levels), so their bounds may differ by what decimation moved.
-        tolerance = 1e-6 if len(faces) <= 2 else 0.02
+        tolerance = 1e-6 if len(faces) <= 2 else 0.05
         low, high = mesh.bounds
         assert low[1] == pytest.approx(0.0, abs=tolerance) and high[1] - low[1] == pytest.approx(1.0, abs=tolerance)
         assert abs(low[0] + high[0]) < tolerance and abs(low[2] + high[2]) < tolerance

@@ -1,0 +1,197 @@
+"""Multi-view stereo inside the silhouette hull: a depth per pixel, fused into the field.
+
+Six silhouettes bound the shape but cannot see into concavities, through holes no view
+looks along, or across the wide gaps between the views. Colour can: the views show the
+same surface colour wherever they see the same point. So:
+
+1. **Sweep.** Each foreground pixel's ray crosses the hull between an entry and an exit
+   distance, and the true surface lies on that stretch. Candidate points along it are
+   projected into the neighbouring views (those facing the same side of the object).
+   A candidate's cost is its colour difference to the best-agreeing close neighbour, or
+   to the second best of all of them, so a point hidden from one neighbour is still
+   judged by another, but a view from far round the object never decides alone. A
+   coarse sweep over the whole stretch and a fine one around its best sample give the
+   depth. A pixel gets none when its best match is poor or not unique along the ray
+   (plain colour matches everywhere). Choosing the best match, not the first one under
+   a threshold, places surfaces of smooth colour as well as textured ones.
+2. **Fusion.** The depth maps are fused as a truncated signed distance (after Curless and
+   Levoy, 1996): each view votes that voxels in front of its surface are empty and those
+   just behind it are full, and the votes are averaged. Voxels no view votes on (deep
+   inside, or behind every surface seen) keep the hull's verdict, and nothing outside the
+   hull is ever added, so a wrong depth can only dent the shape where the other views
+   do not outvote it.
+
+Written by hand: no library here sweeps depths against calibrated images, and open3d's
+TSDF integration cannot start from the hull or leave unseen voxels to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from PIL import Image
+from scipy import ndimage
+
+from recon.camera import PinholeCamera
+from recon.geometry import VoxelField, sample_views
+from recon.render import MeshRenderer
+
+
+UNMATCHABLE = 10.0  # colour given to pixels that must never match (real colours are 0..1)
+
+
+@dataclass
+class DepthMap:
+    """Per-pixel distance along the camera's rays to the surface; NaN where unknown."""
+
+    distance: np.ndarray
+    camera: PinholeCamera
+
+
+def neighbours(cameras: list[PinholeCamera], reference: int, max_angle_deg: float = 135.0) -> list[int]:
+    """Views whose viewing direction is within ``max_angle_deg`` of the reference's: the
+    ones that can see the same side of the object (never the view from opposite)."""
+    axis = cameras[reference].view_axis()
+    limit = np.cos(np.radians(max_angle_deg))
+    return [index for index, camera in enumerate(cameras)
+            if index != reference and camera.view_axis() @ axis > limit]
+
+
+def hull_intervals(renderer: MeshRenderer, camera: PinholeCamera, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Origins, directions and the entry and exit distances of the rays of the ``mask``
+    pixels through the hull (NaN-free rows only: rays that miss the hull are dropped),
+    with the flat pixel index of each kept ray."""
+    origins, directions = camera.rays()
+    pixels = np.flatnonzero(mask)
+    origins = origins.reshape(-1, 3)[pixels].astype(np.float32)
+    directions = directions.reshape(-1, 3)[pixels].astype(np.float32)
+    near = renderer.cast(origins, directions)["t_hit"]
+    reach = 2.0 * float(np.linalg.norm(camera.position)) + 10.0  # beyond the whole working volume
+    far = reach - renderer.cast(origins + directions * reach, -directions)["t_hit"]
+    hit = np.isfinite(near) & np.isfinite(far)
+    return origins[hit], directions[hit], near[hit], far[hit], pixels[hit]
+
+
+def sweep_depths(
+    hull: trimesh.Trimesh,
+    images: list[np.ndarray],
+    cameras: list[PinholeCamera],
+    samples: int = 40,
+    refinement: int = 8,
+    match_threshold: float = 0.004,
+    ambiguity: float = 0.15,
+    distinctness: float = 0.001,
+    working_size: int = 320,
+    close_angle_deg: float = 90.0,
+    neighbour_angle_deg: float = 135.0,
+    rays_per_batch: int = 8192,
+) -> list[DepthMap]:
+    """A depth map per view (at most ``working_size`` pixels across) by sweeping each
+    foreground ray through ``hull``: ``samples`` coarse steps over the ray's stretch inside
+    the hull, then ``2 * refinement + 1`` fine ones across the best coarse step.
+    A depth is kept when its summed squared RGB difference (colour 0..1) is under
+    ``match_threshold`` and every coarse candidate farther than ``ambiguity`` (world
+    units) along the ray matches worse by more than ``distinctness``."""
+    renderer = MeshRenderer(hull)
+    colours = np.stack([_foreground_blur(image) for image in images])
+    # A silhouette's edge pixel shows a different surface point in every view (and mixes
+    # in the background): it is never matched.
+    interior = np.stack([ndimage.binary_erosion(image[..., 3] > 0.5) for image in images])
+    colours = np.where(interior[..., None], colours, UNMATCHABLE).astype(np.float32)
+    depth_maps = []
+    for reference, camera in enumerate(cameras):
+        scale = min(1.0, working_size / max(camera.width, camera.height))
+        working = camera.scaled(max(1, round(camera.width * scale)), max(1, round(camera.height * scale)))
+        coverage = Image.fromarray(interior[reference].astype(np.float32), "F")
+        mask = np.asarray(coverage.resize((working.width, working.height), Image.Resampling.BOX)) > 0.5
+        origins, directions, near, far, pixels = hull_intervals(renderer, working, mask)
+        entry_points = origins + directions * near[:, None]
+        reference_colour = sample_views(colours[reference:reference + 1], [camera], entry_points, 0.0)[0]
+        others = neighbours(cameras, reference, neighbour_angle_deg)
+        close = np.isin(others, neighbours(cameras, reference, close_angle_deg))
+        neighbour_colours, neighbour_cameras = colours[others], [cameras[i] for i in others]
+
+        def cost(rays: slice, distances: np.ndarray) -> np.ndarray:
+            """Squared colour difference at each distance: the best close neighbour's, or the
+            second best of all. A view from far round the object sees it so differently
+            that it may agree by chance (a mirror-symmetric object shows it a mirror image
+            of the reference), so it never decides alone."""
+            points = (origins[rays, None] + directions[rays, None] * distances[..., None]).reshape(-1, 3)
+            seen = sample_views(neighbour_colours, neighbour_cameras, points, np.inf)
+            seen = seen.reshape(len(others), *distances.shape, 3)
+            difference = ((seen - reference_colour[None, rays, None]) ** 2).sum(-1)
+            best_close = difference[close].min(axis=0) if close.any() else np.inf
+            return np.minimum(best_close, np.partition(difference, 1, axis=0)[1]) if len(others) > 1 else best_close
+
+        distance = np.full(working.height * working.width, np.nan, np.float32)
+        for start in range(0, len(pixels), rays_per_batch):  # batches keep the sample arrays in cache
+            rays = slice(start, start + rays_per_batch)
+            index = np.arange(len(near[rays]))
+            step = (far[rays] - near[rays]) / (samples - 1)
+            coarse = near[rays, None] + step[:, None] * np.arange(samples, dtype=np.float32)[None]
+            coarse_cost = cost(rays, coarse)
+            lowest = coarse_cost.min(axis=1)
+            best = coarse[index, coarse_cost.argmin(axis=1)]
+            # Unambiguous: every candidate farther than ``ambiguity`` matches clearly worse.
+            # Plain colour matches everywhere along its ray; such rays get no depth.
+            elsewhere = np.where(np.abs(coarse - best[:, None]) > ambiguity, coarse_cost, np.inf).min(axis=1)
+            distinct = elsewhere > lowest + distinctness
+            # Within the best match's basin (a colour that stays the same along the
+            # neighbour's epipolar line leaves a flat one) the nearest candidate is taken:
+            # it empties only space that is certainly empty.
+            best = coarse[index, (coarse_cost <= lowest[:, None] + 0.5 * distinctness).argmax(axis=1)]
+            fine = best[:, None] + step[:, None] * np.linspace(-1.0, 1.0, 2 * refinement + 1, dtype=np.float32)[None]
+            fine_cost = cost(rays, fine)
+            choice = fine_cost.argmin(axis=1)
+            matched = (fine_cost[index, choice] < match_threshold) & distinct
+            distance[pixels[rays]] = np.where(matched, fine[index, choice], np.nan)
+        depth_maps.append(DepthMap(distance.reshape(working.height, working.width), working))
+    return depth_maps
+
+
+def _foreground_blur(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """The foreground's colour blurred by ``sigma`` pixels, the background left out (a
+    normalised convolution), so edge pixels keep the object's colour. A pixel's blur makes
+    the matching cost smooth in depth, so the coarse sweep cannot step over a minimum."""
+    alpha = image[..., 3:4]
+    weight = ndimage.gaussian_filter(alpha, (sigma, sigma, 0.0))
+    blurred = ndimage.gaussian_filter(image[..., :3] * alpha, (sigma, sigma, 0.0))
+    return blurred / np.maximum(weight, 1e-6)
+
+
+def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_voxels: float = 4.0) -> VoxelField:
+    """The hull ``field`` cut by the depth maps' truncated signed distances (both in
+    voxels, positive inside)."""
+    hull = field.values
+    candidates = hull > -1.0  # the fused surface never leaves the hull
+    points = field.centres()[candidates]
+    truncation = truncation_voxels * field.voxel_size
+    total = np.zeros(len(points), np.float32)
+    votes = np.zeros(len(points), np.float32)
+    for depth_map in depth_maps:
+        camera = depth_map.camera
+        known = np.isfinite(depth_map.distance)
+        _, directions = camera.rays()
+        surface_depth = np.where(known, depth_map.distance * (directions @ camera.view_axis()), 0.0).astype(np.float32)
+        pixel, depth = camera.project(points)
+        column = np.clip(np.floor(pixel[:, 0]).astype(np.int64), 0, camera.width - 1)
+        row = np.clip(np.floor(pixel[:, 1]).astype(np.int64), 0, camera.height - 1)
+        # Interpolate depth where the surface is continuous (slanted surfaces seen at a
+        # grazing angle change depth quickly across a pixel); take the nearest pixel's
+        # depth across discontinuities, where interpolation would invent a surface.
+        spread = (ndimage.maximum_filter(np.where(known, surface_depth, np.inf), size=3)
+                  - ndimage.minimum_filter(np.where(known, surface_depth, -np.inf), size=3))
+        smooth = spread[row, column] < truncation
+        interpolated = sample_views(surface_depth[None], [camera], points, 0.0)[0]
+        observed = np.where(smooth, interpolated, surface_depth[row, column])
+        reliable = known[row, column]
+        in_front = observed - depth  # positive: the voxel lies between the camera and the surface
+        vote = reliable & (in_front > -truncation)
+        total += np.where(vote, np.clip(in_front, -truncation, truncation), 0.0)
+        votes += vote
+    fused = np.where(votes > 0, -total / np.maximum(votes, 1.0) / field.voxel_size, np.inf)
+    values = hull.copy()
+    values[candidates] = np.minimum(hull[candidates], fused)
+    return VoxelField(values.astype(np.float32), field.origin, field.voxel_size)
