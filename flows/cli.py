@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     # (its heartbeat also races the run for SQLite's write lock and logs tracebacks).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:
+    if not args.verbose and args.command != "reconstruct":  # reconstruct loads no model: skip 2 s of imports
         import diffusers
         import transformers
 
