@@ -30,7 +30,7 @@ class ReconstructionOptions:
     resolution: int = 128
     tolerance_px: float = 3.0
     stereo: bool = True
-    depth_samples: int = 40
+    depth_samples: int = 32
     match_threshold: float = 0.004
     ambiguity_voxels: float = 9.0
     distinctness: float = 0.001

@@ -78,7 +78,7 @@ def sweep_depths(
     hull: trimesh.Trimesh,
     images: list[np.ndarray],
     cameras: list[PinholeCamera],
-    samples: int = 40,
+    samples: int = 32,
     refinement: int = 8,
     match_threshold: float = 0.004,
     ambiguity: float = 0.15,

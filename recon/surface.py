@@ -37,11 +37,15 @@ def _from_meshset(meshset: pymeshlab.MeshSet) -> trimesh.Trimesh:
 
 
 @_one_at_a_time
-def clean_surface(mesh: trimesh.Trimesh, smoothing_steps: int = 8, min_component_fraction: float = 0.1) -> trimesh.Trimesh:
+def clean_surface(
+    mesh: trimesh.Trimesh, smoothing_steps: int = 1, min_component_fraction: float = 0.1
+) -> trimesh.Trimesh:
     """Remove floating fragments, repair non-manifold parts, close small holes, smooth lightly.
 
     Components smaller than ``min_component_fraction`` of the largest one's bounding-box
-    diagonal go; Taubin smoothing removes voxel stair-steps without shrinking the shape.
+    diagonal go. The iso-surface of a signed-distance field has no voxel stair-steps, so
+    one Taubin step is enough; more thin legs and horns (eight steps cost the bull 0.02
+    held-out IoU).
     """
     meshset = _to_meshset(mesh)
     meshset.meshing_remove_duplicate_vertices()
