@@ -128,15 +128,15 @@ def sweep_depths(
         distance = np.full(working.height * working.width, np.nan, np.float32)
         for start in range(0, len(pixels), rays_per_batch):  # batches keep the sample arrays in cache
             rays = slice(start, start + rays_per_batch)
-            index = np.arange(len(near[rays]))
+            index = np.arange(len(pixels[rays]))
             step = (far[rays] - near[rays]) / (samples - 1)
             coarse = near[rays, None] + step[:, None] * np.arange(samples, dtype=np.float32)[None]
             coarse_cost = cost(rays, coarse)
             lowest = coarse_cost.min(axis=1)
-            best = coarse[index, coarse_cost.argmin(axis=1)]
+            lowest_at = coarse[index, coarse_cost.argmin(axis=1)]
             # Unambiguous: every candidate farther than ``ambiguity`` matches clearly worse.
             # Plain colour matches everywhere along its ray; such rays get no depth.
-            elsewhere = np.where(np.abs(coarse - best[:, None]) > ambiguity, coarse_cost, np.inf).min(axis=1)
+            elsewhere = np.where(np.abs(coarse - lowest_at[:, None]) > ambiguity, coarse_cost, np.inf).min(axis=1)
             distinct = elsewhere > lowest + distinctness
             # Within the best match's basin (a colour that stays the same along the
             # neighbour's epipolar line leaves a flat one) the nearest candidate is taken:

@@ -121,7 +121,8 @@ def test_stereo_leaves_plain_colour_to_the_silhouettes():
     """A single-colour surface matches at every depth along a ray: no depth is trusted there,
     so the surface is not carved at random."""
     plain = trimesh.creation.capsule(height=0.9, radius=0.35, count=[48, 48])
-    plain.visual = trimesh.visual.ColorVisuals(plain, vertex_colors=np.tile([230, 200, 40, 255], (len(plain.vertices), 1)))
+    yellow = np.tile([230, 200, 40, 255], (len(plain.vertices), 1))
+    plain.visual = trimesh.visual.ColorVisuals(plain, vertex_colors=yellow)
     renders, cameras = render_views(plain)
     images = [np.asarray(r.rgba(), np.float32) / 255 for r in renders]
     masks = [image[..., 3] > 0.5 for image in images]
