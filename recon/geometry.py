@@ -96,15 +96,25 @@ def silhouette_field(
     ``d1`` decides (the plain visual hull). A voxel outside a single view by less than
     ``tol`` pixels survives when the others see it inside by more than ``tol``. The scores
     come back in voxels (a pixel's footprint at the object's distance), positive inside.
+    Holes inside a silhouette carve where at least two views see through them.
     """
     centre, half = working_volume(cameras)
     voxel_size = 2 * half / (resolution - 1)
     field = VoxelField(np.zeros((resolution,) * 3, np.float32), centre - half, voxel_size)
-    distances = np.stack([signed_distance(mask) for mask in masks])
-    samples = sample_views(distances, cameras, field.centres().reshape(-1, 3), OUTSIDE_IMAGE)
+    centres = field.centres().reshape(-1, 3)
+    filled = [ndimage.binary_fill_holes(mask) for mask in masks]
+    samples = sample_views(np.stack([signed_distance(mask) for mask in filled]), cameras, centres, OUTSIDE_IMAGE)
     ordered = np.sort(samples, axis=0)
     d1, d2 = ordered[0], ordered[1]
-    pixels = np.maximum(d1, np.minimum(d1 + tolerance_px, d2 - tolerance_px)).reshape(field.values.shape)
+    pixels = np.maximum(d1, np.minimum(d1 + tolerance_px, d2 - tolerance_px))
+    if any((whole != mask).any() for whole, mask in zip(filled, masks)):
+        # A hole through the object (background seen through it) empties space only where
+        # a second view sees through it too: one view's hole may be a background-coloured
+        # patch on the object, and carving by it alone would bore a tunnel.
+        seen_through = sample_views(np.stack([signed_distance(mask) for mask in masks]), cameras, centres,
+                                    OUTSIDE_IMAGE)
+        pixels = np.minimum(pixels, np.partition(seen_through, 1, axis=0)[1])
+    pixels = pixels.reshape(field.values.shape)
     pixel_footprint = np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras])
     field.values = (pixels * (pixel_footprint / voxel_size)).astype(np.float32)
     return field

@@ -84,17 +84,33 @@ def test_unknown_version():
 
 
 @pytest.mark.parametrize("background", [(127, 127, 127), (255, 255, 255)])
-def test_matting_keeps_soft_edges_and_enclosed_grey(background):
+def test_matting_keeps_soft_edges_grey_parts_and_holes(background):
     size = 320
+    near_background = tuple(channel - 12 for channel in background)  # under the old fixed threshold
     image = Image.new("RGB", (size * 4, size * 4), background)
     draw = ImageDraw.Draw(image)
     draw.ellipse((320, 320, 960, 960), fill=(200, 60, 40))
-    draw.ellipse((560, 560, 720, 720), fill=background)  # a background-coloured patch inside
+    draw.ellipse((400, 560, 560, 720), fill=background)  # the background seen through a hole
+    draw.ellipse((720, 560, 880, 720), fill=near_background)  # a grey part of the object
     view = image.resize((size, size), Image.LANCZOS)  # anti-aliased edge
     rgba = np.asarray(matte_view(view))
     alpha = rgba[..., 3]
     assert alpha[5, 5] == 0 and alpha[100, 160] == 255
-    assert alpha[160, 160] == 255  # enclosed patch is part of the object
+    assert alpha[160, 120] == 0  # the hole shows the background
+    assert alpha[160, 200] == 255  # the grey part is object
     edge = alpha[160, 78:84]
     assert ((edge > 0) & (edge < 255)).any()  # soft edge kept
     assert np.abs(rgba[100, 160, :3].astype(int) - [200, 60, 40]).max() <= 2
+
+
+def test_matting_threshold_follows_background_noise():
+    size = 320
+    noise = np.random.default_rng(0).normal(0.0, 4.0, (size, size, 3))
+    rgb = np.clip(127 + noise, 0, 255)
+    rgb[100:220, 100:220] = (160, 120, 90)
+    rgb[140:180, 140:180] = (127, 127, 127) + noise[140:180, 140:180]  # a hole, as noisy as the background
+    rgba = np.asarray(matte_view(Image.fromarray(rgb.astype(np.uint8))))
+    alpha = rgba[..., 3]
+    assert (alpha[:80] == 0).all() and (alpha[240:] == 0).all()  # noise is not object
+    assert (alpha[105:135, 105:215] == 255).all()
+    assert (alpha[145:175, 145:175] == 0).all()

@@ -24,6 +24,7 @@ from scipy import ndimage
 GRID_ROWS = 3
 GRID_COLS = 2
 NUM_VIEWS = GRID_ROWS * GRID_COLS
+MAX_MATTE_THRESHOLD = 24.0  # 8-bit levels: the most a background's noise may raise matting's threshold
 AZIMUTHS_DEG = (30.0, 90.0, 150.0, 210.0, 270.0, 330.0)
 
 Version = Literal["v1.1", "v1.2"]
@@ -185,47 +186,71 @@ def join_views(views: Sequence[Image.Image]) -> Image.Image:
 
 def estimate_background(view: Image.Image) -> np.ndarray:
     """The background colour of a generated view: the median of its outermost pixels."""
-    rgb = np.asarray(view.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    return np.median(border, axis=0)
+    return np.median(_border(np.asarray(view.convert("RGB"), dtype=np.float32)), axis=0)
+
+
+def _border(rgb: np.ndarray) -> np.ndarray:
+    return np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
 
 
 def matte_view(
     view: Image.Image,
     background: Sequence[float] | None = None,
-    threshold: float = 24.0,
+    threshold: float | None = None,
     edge_band: int = 2,
     min_component_fraction: float = 0.002,
 ) -> Image.Image:
     """Turn a generated view on a flat background into RGBA with a soft alpha edge.
 
     Pixels whose largest channel difference from the background colour exceeds
-    ``threshold`` (8-bit units) are solid object; holes they enclose are solid too (grey
-    parts of an object on grey would otherwise vanish) and specks smaller than
-    ``min_component_fraction`` of the view are dropped. Within ``edge_band`` pixels of the
-    solid region a pixel is a mix of the nearest solid colour F and the background B; its
-    alpha is the mixing fraction, the projection of (C - B) onto (F - B), and its colour
-    becomes F, so edges stay soft and carry no background halo.
+    ``threshold`` (8-bit units) are solid object. By default the threshold follows the
+    background's own noise, measured on the view's border (6 levels above its 99th
+    percentile, from 6 to 24), so a clean render keeps grey-ish parts of the object that a
+    fixed threshold would cut away. A region the solid pixels enclose is a hole through
+    the object when it looks like the background (nine in ten of its pixels within that
+    noise, plus 2 levels); otherwise it is a background-coloured part of the object and
+    solid. Specks smaller than ``min_component_fraction`` of the view are dropped. On the
+    solid region's outer pixel and ``edge_band`` pixels beyond it a pixel is a mix of the
+    nearest inner solid colour F and the background B; its alpha is the mixing fraction,
+    the projection of (C - B) onto (F - B), and its colour becomes F, so edges stay soft
+    and carry no background halo.
     """
     rgb = np.asarray(view.convert("RGB"), dtype=np.float32)
     bg = np.asarray(background if background is not None else estimate_background(view), np.float32)
-    solid = np.abs(rgb - bg).max(axis=2) > threshold
+    difference = np.abs(rgb - bg).max(axis=2)
+    border = _border(difference[..., None])[:, 0]
+    border = border[border <= MAX_MATTE_THRESHOLD]  # the object may touch the border
+    noise = float(np.percentile(border, 99)) if border.size else MAX_MATTE_THRESHOLD
+    if threshold is None:
+        threshold = float(np.clip(noise + 6.0, 6.0, MAX_MATTE_THRESHOLD))
+    solid = difference > threshold
 
     labels, count = ndimage.label(solid)
     if count:
         sizes = ndimage.sum(solid, labels, index=np.arange(1, count + 1))
         keep = np.zeros(count + 1, dtype=bool)
         keep[1:] = sizes >= min_component_fraction * solid.size
-        solid = ndimage.binary_fill_holes(keep[labels])
+        solid = keep[labels]
+        enclosed, count = ndimage.label(ndimage.binary_fill_holes(solid) & ~solid)
+        if count:
+            typical = ndimage.labeled_comprehension(difference, enclosed, np.arange(1, count + 1),
+                                                    lambda values: np.percentile(values, 90), np.float32, 0.0)
+            part_of_object = np.zeros(count + 1, dtype=bool)
+            part_of_object[1:] = typical > noise + 2.0
+            solid |= part_of_object[enclosed]
     if not solid.any():
         return Image.fromarray(np.dstack([rgb, np.zeros(rgb.shape[:2])]).astype(np.uint8), "RGBA")
 
-    distance, (rows, cols) = ndimage.distance_transform_edt(~solid, return_indices=True)
+    # The solid region's outermost pixels may themselves be mixed with the background (a
+    # low threshold takes in faint ones), so the mix is taken from one pixel further in.
+    core = ndimage.binary_erosion(solid)
+    core = core if core.any() else solid
+    distance, (rows, cols) = ndimage.distance_transform_edt(~core, return_indices=True)
     nearest_colour = rgb[rows, cols]
     towards_object = nearest_colour - bg
     mix = ((rgb - bg) * towards_object).sum(axis=2) / np.maximum((towards_object**2).sum(axis=2), 1.0)
-    band = (distance > 0) & (distance <= edge_band)
-    alpha = np.where(solid, 1.0, np.where(band, np.clip(mix, 0.0, 1.0), 0.0))
+    band = (distance > 0) & (distance <= edge_band + 1)
+    alpha = np.where(band, np.clip(mix, 0.0, 1.0), solid.astype(np.float32))
     colour = np.where(band[..., None], nearest_colour, rgb)
     rgba = np.dstack([colour, alpha * 255.0])
     return Image.fromarray(np.round(rgba).astype(np.uint8), "RGBA")
