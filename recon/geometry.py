@@ -111,9 +111,10 @@ def silhouette_field(
         # A hole through the object (background seen through it) empties space only where
         # a second view sees through it too: one view's hole may be a background-coloured
         # patch on the object, and carving by it alone would bore a tunnel.
-        seen_through = sample_views(np.stack([signed_distance(mask) for mask in masks]), cameras, centres,
+        inside = pixels > 0
+        seen_through = sample_views(np.stack([signed_distance(mask) for mask in masks]), cameras, centres[inside],
                                     OUTSIDE_IMAGE)
-        pixels = np.minimum(pixels, np.partition(seen_through, 1, axis=0)[1])
+        pixels[inside] = np.minimum(pixels[inside], np.partition(seen_through, 1, axis=0)[1])
     pixels = pixels.reshape(field.values.shape)
     pixel_footprint = np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras])
     field.values = (pixels * (pixel_footprint / voxel_size)).astype(np.float32)
