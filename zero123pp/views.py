@@ -189,8 +189,9 @@ def estimate_background(view: Image.Image) -> np.ndarray:
     return np.median(_border(np.asarray(view.convert("RGB"), dtype=np.float32)), axis=0)
 
 
-def _border(rgb: np.ndarray) -> np.ndarray:
-    return np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+def _border(image: np.ndarray) -> np.ndarray:
+    """The outermost pixels of an (H, W[, C]) array, as (N[, C])."""
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
 def matte_view(
@@ -218,7 +219,7 @@ def matte_view(
     rgb = np.asarray(view.convert("RGB"), dtype=np.float32)
     bg = np.asarray(background if background is not None else estimate_background(view), np.float32)
     difference = np.abs(rgb - bg).max(axis=2)
-    border = _border(difference[..., None])[:, 0]
+    border = _border(difference)
     border = border[border <= MAX_MATTE_THRESHOLD]  # the object may touch the border
     noise = float(np.percentile(border, 99)) if border.size else MAX_MATTE_THRESHOLD
     if threshold is None:
