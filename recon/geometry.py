@@ -103,17 +103,19 @@ def silhouette_field(
     field = VoxelField(np.zeros((resolution,) * 3, np.float32), centre - half, voxel_size)
     centres = field.centres().reshape(-1, 3)
     filled = [ndimage.binary_fill_holes(mask) for mask in masks]
-    samples = sample_views(np.stack([signed_distance(mask) for mask in filled]), cameras, centres, OUTSIDE_IMAGE)
-    ordered = np.sort(samples, axis=0)
+    filled_distances = np.stack([signed_distance(mask) for mask in filled])
+    ordered = np.sort(sample_views(filled_distances, cameras, centres, OUTSIDE_IMAGE), axis=0)
     d1, d2 = ordered[0], ordered[1]
     pixels = np.maximum(d1, np.minimum(d1 + tolerance_px, d2 - tolerance_px))
-    if any((whole != mask).any() for whole, mask in zip(filled, masks)):
+    has_holes = [bool((whole != mask).any()) for whole, mask in zip(filled, masks)]
+    if any(has_holes):
         # A hole through the object (background seen through it) empties space only where
         # a second view sees through it too: one view's hole may be a background-coloured
         # patch on the object, and carving by it alone would bore a tunnel.
         inside = pixels > 0
-        seen_through = sample_views(np.stack([signed_distance(mask) for mask in masks]), cameras, centres[inside],
-                                    OUTSIDE_IMAGE)
+        distances = np.stack([signed_distance(mask) if holes else distance
+                              for mask, holes, distance in zip(masks, has_holes, filled_distances)])
+        seen_through = sample_views(distances, cameras, centres[inside], OUTSIDE_IMAGE)
         pixels[inside] = np.minimum(pixels[inside], np.partition(seen_through, 1, axis=0)[1])
     pixels = pixels.reshape(field.values.shape)
     pixel_footprint = np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras])
