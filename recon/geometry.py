@@ -19,6 +19,7 @@ from scipy import ndimage
 from skimage import measure
 
 from recon.camera import PinholeCamera
+from recon.render import MeshRenderer
 
 OUTSIDE_IMAGE = -1e3  # signed distance (pixels) for voxels projecting outside a view
 
@@ -90,13 +91,18 @@ def _grid_projection(camera: PinholeCamera) -> np.ndarray:
 def silhouette_field(
     masks: list[np.ndarray], cameras: list[PinholeCamera], resolution: int = 128, tolerance_px: float = 3.0
 ) -> VoxelField:
-    """Score voxels by their silhouettes: ``max(d1, min(d1 + tol, d2 - tol))``.
+    """Score voxels by their silhouettes, in voxels (a pixel's footprint at the object's
+    distance), positive inside.
 
-    ``d1 <= d2`` are the two smallest signed distances over the views. Where views agree,
-    ``d1`` decides (the plain visual hull). A voxel outside a single view by less than
-    ``tol`` pixels survives when the others see it inside by more than ``tol``. The scores
-    come back in voxels (a pixel's footprint at the object's distance), positive inside.
-    Holes inside a silhouette carve where at least two views see through them.
+    The score is the exact visual hull's, ``d1``: the smallest signed distance in pixels
+    over the views, so consistent silhouettes are followed to the pixel. Generated views
+    disagree by a few pixels, though, and then one view's too-small silhouette carves away
+    what the other views show: some of their foreground pixels are left with nothing on
+    their rays. Along those rays only, the score becomes ``max(d1, min(d1 + tol, d2))``
+    (``d2`` the second smallest distance): a voxel that every view but one sees inside
+    survives when that one misses it by less than ``tol`` pixels. Relaxing everywhere
+    instead would dilate every silhouette by ``tol``. Holes inside a silhouette carve
+    where at least two views see through them.
     """
     centre, half = working_volume(cameras)
     voxel_size = 2 * half / (resolution - 1)
@@ -105,22 +111,44 @@ def silhouette_field(
     filled = [ndimage.binary_fill_holes(mask) for mask in masks]
     filled_distances = np.stack([signed_distance(mask) for mask in filled])
     ordered = np.sort(sample_views(filled_distances, cameras, centres, OUTSIDE_IMAGE), axis=0)
-    d1, d2 = ordered[0], ordered[1]
-    pixels = np.maximum(d1, np.minimum(d1 + tolerance_px, d2 - tolerance_px))
+    exact = ordered[0]
+    tolerant = np.maximum(exact, np.minimum(exact + tolerance_px, ordered[1]))
     has_holes = [bool((whole != mask).any()) for whole, mask in zip(filled, masks)]
     if any(has_holes):
         # A hole through the object (background seen through it) empties space only where
         # a second view sees through it too: one view's hole may be a background-coloured
         # patch on the object, and carving by it alone would bore a tunnel.
-        inside = pixels > 0
+        inside = tolerant > 0
         distances = np.stack([signed_distance(mask) if holes else distance
                               for mask, holes, distance in zip(masks, has_holes, filled_distances)])
-        seen_through = sample_views(distances, cameras, centres[inside], OUTSIDE_IMAGE)
-        pixels[inside] = np.minimum(pixels[inside], np.partition(seen_through, 1, axis=0)[1])
-    pixels = pixels.reshape(field.values.shape)
+        seen_through = np.partition(sample_views(distances, cameras, centres[inside], OUTSIDE_IMAGE), 1, axis=0)[1]
+        exact[inside] = np.minimum(exact[inside], seen_through)
+        tolerant[inside] = np.minimum(tolerant[inside], seen_through)
     pixel_footprint = np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras])
-    field.values = (pixels * (pixel_footprint / voxel_size)).astype(np.float32)
+    to_voxels = pixel_footprint / voxel_size
+    field.values = (exact * to_voxels).astype(np.float32).reshape(field.values.shape)
+    tolerated = np.flatnonzero(tolerant > np.maximum(exact, 0.0))
+    if len(tolerated):
+        unexplained = _unexplained_distances(extract_surface(field, process=False), masks, cameras)
+        # a voxel is on an unexplained ray when its footprint covers an unexplained pixel
+        on_ray = sample_views(unexplained, cameras, centres[tolerated], np.inf).min(axis=0) <= 0.5 / to_voxels
+        restored = tolerated[on_ray]
+        values = field.values.reshape(-1)  # a view: writes go into the field
+        values[restored] = tolerant[restored] * to_voxels
     return field
+
+
+def _unexplained_distances(hull: trimesh.Trimesh, masks: list[np.ndarray], cameras: list[PinholeCamera]) -> np.ndarray:
+    """Per view, each pixel's distance to the nearest foreground pixel whose ray misses
+    ``hull``: the foreground that the other views' silhouettes have carved away."""
+    renderer = MeshRenderer(hull)
+    distances = []
+    for mask, camera in zip(masks, cameras):
+        origins, directions = camera.rays()
+        missed = np.zeros_like(mask)
+        missed[mask] = ~np.isfinite(renderer.cast(origins[mask], directions[mask])["t_hit"])
+        distances.append(ndimage.distance_transform_edt(~missed).astype(np.float32))
+    return np.stack(distances)
 
 
 def extract_surface(field: VoxelField, process: bool = True) -> trimesh.Trimesh:
