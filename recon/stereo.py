@@ -16,7 +16,8 @@ same surface colour wherever they see the same point. So:
    a threshold, places surfaces of smooth colour as well as textured ones.
 2. **Fusion.** The depth maps are fused as a truncated signed distance (after Curless and
    Levoy, 1996): each view votes that voxels in front of its surface are empty and those
-   just behind it are full, and the votes are averaged. Voxels no view votes on (deep
+   just behind it are full (a vote fading out deeper behind), and the votes are averaged
+   by weight. Voxels no view votes on (deep
    inside, or behind every surface seen) keep the hull's verdict, and nothing outside the
    hull is ever added, so a wrong depth can only dent the shape where the other views
    do not outvote it.
@@ -188,10 +189,13 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
         observed = np.where(smooth, interpolated, surface_depth[row, column])
         reliable = known[row, column]
         in_front = observed - depth  # positive: the voxel lies between the camera and the surface
-        vote = reliable & (in_front > -truncation)
-        total += np.where(vote, np.clip(in_front, -truncation, truncation), 0.0)
-        votes += vote
-    fused = np.where(votes > 0, -total / np.maximum(votes, 1.0) / field.voxel_size, np.inf)
+        # A view's say fades out over the back half of the truncation band, as in Curless
+        # and Levoy: a vote that stopped dead would step the average wherever one view's
+        # band ends, and the surface would follow the steps.
+        weight = np.where(reliable, np.clip((in_front + truncation) / (0.5 * truncation), 0.0, 1.0), 0.0)
+        total += weight * np.clip(in_front, -truncation, truncation)
+        votes += weight
+    fused = np.where(votes > 0, -total / np.maximum(votes, 1e-6) / field.voxel_size, np.inf)
     values = hull.copy()
     values[candidates] = np.minimum(hull[candidates], fused)
     return VoxelField(values.astype(np.float32), field.origin, field.voxel_size)
