@@ -202,9 +202,9 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
         scene = trimesh.load(path)
         mesh = scene.dump(concatenate=True) if isinstance(scene, trimesh.Scene) else scene
         faces.append(len(mesh.faces))
-        # LOD0 is normalised exactly; coarser LODs share its transform (no popping between
-        # levels), so their bounds may differ by what decimation moved.
-        tolerance = 1e-6 if len(faces) <= 2 else 0.05
+        # every level is normalised exactly: coarser LODs keep LOD0's bounding box and
+        # share its transform, so nothing pops between levels
+        tolerance = 1e-6
         low, high = mesh.bounds
         assert low[1] == pytest.approx(0.0, abs=tolerance) and high[1] - low[1] == pytest.approx(1.0, abs=tolerance)
         assert abs(low[0] + high[0]) < tolerance and abs(low[2] + high[2]) < tolerance
