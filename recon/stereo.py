@@ -17,10 +17,9 @@ same surface colour wherever they see the same point. So:
 2. **Fusion.** The depth maps are fused as a truncated signed distance (after Curless and
    Levoy, 1996): each view votes that voxels in front of its surface are empty and those
    just behind it are full (a vote fading out deeper behind), and the votes are averaged
-   by weight. Voxels no view votes on (deep
-   inside, or behind every surface seen) keep the hull's verdict, and nothing outside the
-   hull is ever added, so a wrong depth can only dent the shape where the other views
-   do not outvote it.
+   by weight. Voxels no view votes on (deep inside, or behind every surface seen) keep
+   the hull's verdict, and nothing outside the hull is ever added, so a wrong depth can
+   only dent the shape where the other views do not outvote it.
 
 Written by hand: no library here sweeps depths against calibrated images, and open3d's
 TSDF integration cannot start from the hull or leave unseen voxels to it.
@@ -195,7 +194,7 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
         weight = np.where(reliable, np.clip((in_front + truncation) / (0.5 * truncation), 0.0, 1.0), 0.0)
         total += weight * np.clip(in_front, -truncation, truncation)
         votes += weight
-    fused = np.where(votes > 0, -total / np.maximum(votes, 1e-6) / field.voxel_size, np.inf)
+    fused = np.divide(-total, votes * field.voxel_size, out=np.full_like(total, np.inf), where=votes > 0)
     values = hull.copy()
     values[candidates] = np.minimum(hull[candidates], fused)
     return VoxelField(values.astype(np.float32), field.origin, field.voxel_size)
