@@ -34,9 +34,12 @@ class VoxelField:
     voxel_size: float
 
     def centres(self) -> np.ndarray:
-        n = self.values.shape
-        index = np.stack(np.meshgrid(*(np.arange(s) for s in n), indexing="ij"), axis=-1)
-        return (self.origin + self.voxel_size * index).astype(np.float32)
+        """World positions of every voxel, shape ``values.shape + (3,)``, float32."""
+        centres = np.empty(self.values.shape + (3,), np.float32)
+        for axis, count in enumerate(self.values.shape):
+            coordinates = self.origin[axis] + self.voxel_size * np.arange(count, dtype=np.float32)
+            centres[..., axis] = coordinates.reshape([-1 if a == axis else 1 for a in range(3)])
+        return centres
 
 
 def working_volume(cameras: list[PinholeCamera]) -> tuple[np.ndarray, float]:
@@ -48,6 +51,31 @@ def working_volume(cameras: list[PinholeCamera]) -> tuple[np.ndarray, float]:
         half_angle = np.arctan(min(k[0, 2] / k[0, 0], k[1, 2] / k[1, 1]))
         radii.append(np.linalg.norm(camera.position) * np.sin(half_angle))
     return np.zeros(3), float(min(radii))
+
+
+def object_bounds(
+    distances: np.ndarray, cameras: list[PinholeCamera], tolerance_px: float, coarse: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Corners of a box around everything the silhouettes (signed distances in pixels, one
+    map per view) may hold, tolerance included, found on a coarse grid over the working
+    volume and padded by one of its cells. The fine field is laid over this box, so its
+    voxels are as fine as the object's longest side allows, whatever its proportions."""
+    centre, half = working_volume(cameras)
+    grid = VoxelField(np.zeros((coarse,) * 3, np.float32), centre - half, 2 * half / (coarse - 1))
+    points = grid.centres().reshape(-1, 3)
+    ordered = np.sort(sample_views(distances, cameras, points, OUTSIDE_IMAGE), axis=0)
+    tolerant = np.maximum(ordered[0], np.minimum(ordered[0] + tolerance_px, ordered[1]))
+    cell_px = grid.voxel_size / _pixel_footprint(cameras)
+    occupied = points[tolerant > -cell_px]
+    if not len(occupied):
+        raise ValueError("the views share no common foreground: nothing to reconstruct")
+    margin = grid.voxel_size
+    return np.maximum(occupied.min(axis=0) - margin, centre - half), np.minimum(occupied.max(axis=0) + margin, centre + half)
+
+
+def _pixel_footprint(cameras: list[PinholeCamera]) -> float:
+    """World size of a pixel at the distance of the point the cameras look at."""
+    return float(np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras]))
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -92,7 +120,9 @@ def silhouette_field(
     masks: list[np.ndarray], cameras: list[PinholeCamera], resolution: int = 128, tolerance_px: float = 3.0
 ) -> VoxelField:
     """Score voxels by their silhouettes, in voxels (a pixel's footprint at the object's
-    distance), positive inside.
+    distance), positive inside, on a grid with ``resolution`` voxels along the longest side
+    of the object's bounding box (a long, flat object gets the same fine voxels as a round
+    one, and fewer of them).
 
     The score is the exact visual hull's, ``d1``: the smallest signed distance in pixels
     over the views, so consistent silhouettes are followed to the pixel. Generated views
@@ -104,12 +134,14 @@ def silhouette_field(
     instead would dilate every silhouette by ``tol``. Holes inside a silhouette carve
     where at least two views see through them.
     """
-    centre, half = working_volume(cameras)
-    voxel_size = 2 * half / (resolution - 1)
-    field = VoxelField(np.zeros((resolution,) * 3, np.float32), centre - half, voxel_size)
-    centres = field.centres().reshape(-1, 3)
     filled = [ndimage.binary_fill_holes(mask) for mask in masks]
     filled_distances = np.stack([signed_distance(mask) for mask in filled])
+    low, high = object_bounds(filled_distances, cameras, tolerance_px)
+    voxel_size = float((high - low).max()) / (resolution - 1)
+    shape = tuple(int(np.ceil(extent / voxel_size)) + 1 for extent in high - low)
+    origin = (low + high) / 2 - voxel_size * (np.array(shape) - 1) / 2
+    field = VoxelField(np.zeros(shape, np.float32), origin, voxel_size)
+    centres = field.centres().reshape(-1, 3)
     ordered = np.sort(sample_views(filled_distances, cameras, centres, OUTSIDE_IMAGE), axis=0)
     exact = ordered[0]
     tolerant = np.maximum(exact, np.minimum(exact + tolerance_px, ordered[1]))
@@ -124,8 +156,7 @@ def silhouette_field(
         seen_through = np.partition(sample_views(distances, cameras, centres[inside], OUTSIDE_IMAGE), 1, axis=0)[1]
         exact[inside] = np.minimum(exact[inside], seen_through)
         tolerant[inside] = np.minimum(tolerant[inside], seen_through)
-    pixel_footprint = np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras])
-    to_voxels = pixel_footprint / voxel_size
+    to_voxels = _pixel_footprint(cameras) / voxel_size
     field.values = (exact * to_voxels).astype(np.float32).reshape(field.values.shape)
     tolerated = np.flatnonzero(tolerant > np.maximum(exact, 0.0))
     if len(tolerated):

@@ -21,9 +21,9 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class ReconstructionOptions:
-    """``resolution`` voxels along each axis of the field; ``tolerance_px`` how far one view
-    may disagree with the others' silhouettes; ``stereo`` sweeps depths inside the hull
-    (``depth_samples`` coarse steps per ray; a match is a summed squared RGB difference
+    """``resolution`` voxels along the longest side of the object's field; ``tolerance_px``
+    how far one view may disagree with the others' silhouettes; ``stereo`` sweeps depths
+    inside the hull (``depth_samples`` coarse steps per ray; a match is a summed squared RGB difference
     under ``match_threshold``, beaten by ``distinctness`` everywhere farther than
     ``ambiguity_voxels`` along its ray) and fuses them with ``truncation_voxels``."""
 

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from flows.cli import main
-from recon.geometry import extract_surface, silhouette_field
+from recon.geometry import extract_surface, silhouette_field, working_volume
 from recon.gltf_validation import validate_glb
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
@@ -130,6 +130,20 @@ def test_silhouettes_are_followed_exactly_and_one_view_off_cannot_empty_the_othe
     assert missed < 0.5 * missed_by_exact_hull
 
 
+def test_the_field_is_fitted_to_the_object_not_to_the_working_volume():
+    """A long, flat plank gets ``resolution`` voxels along its length, and the grid around it
+    is as thin as the plank: the voxels are finer than a cube over the whole working volume
+    would give, and the hull still holds the whole plank."""
+    plank = trimesh.creation.box((1.2, 0.15, 0.5))
+    renders, cameras = render_views(plank)
+    field = silhouette_field([render.mask for render in renders], cameras, 64)
+    _, half = working_volume(cameras)
+    assert max(field.values.shape) == 64 and field.values.shape[1] < 24
+    assert field.voxel_size < 0.8 * (2 * half / 63)
+    low, high = extract_surface(field).bounds
+    assert (low < plank.bounds[0] + 0.5 * field.voxel_size).all() and (high > plank.bounds[1] - 0.5 * field.voxel_size).all()
+
+
 def test_a_hole_is_carved_only_where_two_views_see_through_it():
     """A ring faces view 0, and view 3 looks at it from nearly opposite: both see the
     background through its hole. Seen through by one view alone, the hole may as well be
@@ -142,7 +156,12 @@ def test_a_hole_is_carved_only_where_two_views_see_through_it():
     seen_through_twice = silhouette_field(masks, cameras, 64)
     masks[3] = ndimage.binary_fill_holes(masks[3])
     seen_through_once = silhouette_field(masks, cameras, 64)
-    at_centre = lambda field: field.values[31:33, 31:33, 31:33].max()  # the eight voxels around the origin  # noqa: E731
+
+    def at_centre(field) -> float:
+        """The largest score of the eight voxels around the origin."""
+        i, j, k = np.floor(-field.origin / field.voxel_size).astype(int)
+        return field.values[i:i + 2, j:j + 2, k:k + 2].max()
+
     assert at_centre(seen_through_twice) < 0 < at_centre(seen_through_once)
 
 
