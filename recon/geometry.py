@@ -22,6 +22,9 @@ from recon.camera import PinholeCamera
 from recon.render import MeshRenderer
 
 OUTSIDE_IMAGE = -1e3  # signed distance (pixels) for voxels projecting outside a view
+# Marching cubes makes about three triangles per voxel face's worth of surface area
+# (2.9 to 3.4 measured on the hulls of the benchmark meshes).
+TRIANGLES_PER_VOXEL_AREA = 3.0
 
 
 @dataclass
@@ -53,24 +56,30 @@ def working_volume(cameras: list[PinholeCamera]) -> tuple[np.ndarray, float]:
     return np.zeros(3), float(min(radii))
 
 
-def object_bounds(
-    distances: np.ndarray, cameras: list[PinholeCamera], tolerance_px: float, coarse: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Corners of a box around everything the silhouettes (signed distances in pixels, one
-    map per view) may hold, tolerance included, found on a coarse grid over the working
-    volume and padded by one of its cells. The fine field is laid over this box, so its
-    voxels are as fine as the object's longest side allows, whatever its proportions."""
+@dataclass
+class CoarseHull:
+    """What a coarse look at the silhouettes tells about the object before the fine field:
+    the corners of a box around everything the views may hold, and the hull's area."""
+
+    low: np.ndarray
+    high: np.ndarray
+    area: float
+
+
+def coarse_hull(distances: np.ndarray, cameras: list[PinholeCamera], tolerance_px: float, cells: int = 64) -> CoarseHull:
+    """The tolerant hull of the silhouettes (signed distances in pixels, one map per view) on
+    a coarse grid over the working volume: its box, padded by a cell, and its area."""
     centre, half = working_volume(cameras)
-    grid = VoxelField(np.zeros((coarse,) * 3, np.float32), centre - half, 2 * half / (coarse - 1))
+    grid = VoxelField(np.zeros((cells,) * 3, np.float32), centre - half, 2 * half / (cells - 1))
     points = grid.centres().reshape(-1, 3)
     ordered = np.sort(sample_views(distances, cameras, points, OUTSIDE_IMAGE), axis=0)
-    tolerant = np.maximum(ordered[0], np.minimum(ordered[0] + tolerance_px, ordered[1]))
+    grid.values = np.maximum(ordered[0], np.minimum(ordered[0] + tolerance_px, ordered[1])).reshape(grid.values.shape)
+    area = float(extract_surface(grid, process=False).area)
     cell_px = grid.voxel_size / _pixel_footprint(cameras)
-    occupied = points[tolerant > -cell_px]
-    if not len(occupied):
-        raise ValueError("the views share no common foreground: nothing to reconstruct")
-    margin = grid.voxel_size
-    return np.maximum(occupied.min(axis=0) - margin, centre - half), np.minimum(occupied.max(axis=0) + margin, centre + half)
+    occupied = points[grid.values.reshape(-1) > -cell_px]  # with thin parts the cells' centres miss
+    low = np.maximum(occupied.min(axis=0) - grid.voxel_size, centre - half)
+    high = np.minimum(occupied.max(axis=0) + grid.voxel_size, centre + half)
+    return CoarseHull(low, high, area)
 
 
 def _pixel_footprint(cameras: list[PinholeCamera]) -> float:
@@ -117,12 +126,19 @@ def _grid_projection(camera: PinholeCamera) -> np.ndarray:
 
 
 def silhouette_field(
-    masks: list[np.ndarray], cameras: list[PinholeCamera], resolution: int = 128, tolerance_px: float = 3.0
+    masks: list[np.ndarray],
+    cameras: list[PinholeCamera],
+    resolution: int = 128,
+    tolerance_px: float = 3.0,
+    max_surface_faces: int | None = None,
 ) -> VoxelField:
     """Score voxels by their silhouettes, in voxels (a pixel's footprint at the object's
     distance), positive inside, on a grid with ``resolution`` voxels along the longest side
     of the object's bounding box (a long, flat object gets the same fine voxels as a round
-    one, and fewer of them).
+    one, and fewer of them). ``max_surface_faces`` coarsens the grid of an object with a
+    large surface (gear teeth, foliage) until its hull's iso-surface has about that many
+    faces: clean-up and decimation take time in proportion, and a mesh decimated to a few
+    times fewer faces cannot keep finer detail.
 
     The score is the exact visual hull's, ``d1``: the smallest signed distance in pixels
     over the views, so consistent silhouettes are followed to the pixel. Generated views
@@ -136,10 +152,13 @@ def silhouette_field(
     """
     filled = [ndimage.binary_fill_holes(mask) for mask in masks]
     filled_distances = np.stack([signed_distance(mask) for mask in filled])
-    low, high = object_bounds(filled_distances, cameras, tolerance_px)
-    voxel_size = float((high - low).max()) / (resolution - 1)
-    shape = tuple(int(np.ceil(extent / voxel_size)) + 1 for extent in high - low)
-    origin = (low + high) / 2 - voxel_size * (np.array(shape) - 1) / 2
+    coarse = coarse_hull(filled_distances, cameras, tolerance_px)
+    extent = coarse.high - coarse.low
+    voxel_size = float(extent.max()) / (resolution - 1)
+    if max_surface_faces:
+        voxel_size = max(voxel_size, float(np.sqrt(TRIANGLES_PER_VOXEL_AREA * coarse.area / max_surface_faces)))
+    shape = tuple(int(np.ceil(length / voxel_size)) + 1 for length in extent)
+    origin = (coarse.low + coarse.high) / 2 - voxel_size * (np.array(shape) - 1) / 2
     field = VoxelField(np.zeros(shape, np.float32), origin, voxel_size)
     centres = field.centres().reshape(-1, 3)
     ordered = np.sort(sample_views(filled_distances, cameras, centres, OUTSIDE_IMAGE), axis=0)

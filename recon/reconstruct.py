@@ -25,9 +25,12 @@ class ReconstructionOptions:
     how far one view may disagree with the others' silhouettes; ``stereo`` sweeps depths
     inside the hull (``depth_samples`` coarse steps per ray; a match is a summed squared RGB difference
     under ``match_threshold``, beaten by ``distinctness`` everywhere farther than
-    ``ambiguity_voxels`` along its ray) and fuses them with ``truncation_voxels``."""
+    ``ambiguity_voxels`` along its ray) and fuses them with ``truncation_voxels``.
+    ``surface_faces_per_target`` caps the hull's iso-surface at about that many times
+    ``target_faces`` faces, coarsening the field of an object with a large surface."""
 
     resolution: int = 128
+    surface_faces_per_target: float = 4.0
     tolerance_px: float = 3.0
     stereo: bool = True
     depth_samples: int = 32
@@ -81,7 +84,8 @@ def reconstruct(
         report(name, now - clock)
         clock = now
 
-    field = silhouette_field(masks, cameras, options.resolution, options.tolerance_px)
+    field = silhouette_field(masks, cameras, options.resolution, options.tolerance_px,
+                             round(options.surface_faces_per_target * options.target_faces))
     phase("silhouette field")
     if options.stereo:
         hull = extract_surface(field, process=False)

@@ -144,6 +144,17 @@ def test_the_field_is_fitted_to_the_object_not_to_the_working_volume():
     assert (low < plank.bounds[0] + 0.5 * field.voxel_size).all() and (high > plank.bounds[1] - 0.5 * field.voxel_size).all()
 
 
+def test_the_field_of_a_large_surface_is_coarsened_to_the_face_budget(capsule):
+    """Decimation time follows the iso-surface's size, so the field of an object with much
+    surface is coarsened until its hull has about ``max_surface_faces`` faces."""
+    renders, cameras = render_views(capsule)
+    masks = [render.mask for render in renders]
+    fine = extract_surface(silhouette_field(masks, cameras, 64))
+    capped = extract_surface(silhouette_field(masks, cameras, 64, max_surface_faces=2000))
+    assert len(fine.faces) > 4000 and 1400 < len(capped.faces) < 2600
+    assert capped.volume == pytest.approx(fine.volume, rel=0.05)
+
+
 def test_a_hole_is_carved_only_where_two_views_see_through_it():
     """A ring faces view 0, and view 3 looks at it from nearly opposite: both see the
     background through its hole. Seen through by one view alone, the hole may as well be
