@@ -66,7 +66,9 @@ class CoarseHull:
     area: float
 
 
-def coarse_hull(distances: np.ndarray, cameras: list[PinholeCamera], tolerance_px: float, cells: int = 64) -> CoarseHull:
+def coarse_hull(
+    distances: np.ndarray, cameras: list[PinholeCamera], tolerance_px: float, cells: int = 64
+) -> CoarseHull:
     """The tolerant hull of the silhouettes (signed distances in pixels, one map per view) on
     a coarse grid over the working volume: its box, padded by a cell, and its area."""
     centre, half = working_volume(cameras)

@@ -21,13 +21,14 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class ReconstructionOptions:
-    """``resolution`` voxels along the longest side of the object's field; ``tolerance_px``
-    how far one view may disagree with the others' silhouettes; ``stereo`` sweeps depths
-    inside the hull (``depth_samples`` coarse steps per ray; a match is a summed squared RGB difference
-    under ``match_threshold``, beaten by ``distinctness`` everywhere farther than
-    ``ambiguity_voxels`` along its ray) and fuses them with ``truncation_voxels``.
+    """``resolution`` voxels along the longest side of the object's bounding box;
     ``surface_faces_per_target`` caps the hull's iso-surface at about that many times
-    ``target_faces`` faces, coarsening the field of an object with a large surface."""
+    ``target_faces`` faces, coarsening the field of an object with a large surface;
+    ``tolerance_px`` how far one view may disagree with the others' silhouettes; ``stereo``
+    sweeps depths inside the hull (``depth_samples`` coarse steps per ray; a match is a
+    summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
+    everywhere farther than ``ambiguity_voxels`` along its ray) and fuses them with
+    ``truncation_voxels``."""
 
     resolution: int = 128
     surface_faces_per_target: float = 4.0

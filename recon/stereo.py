@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import trimesh
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage
 
@@ -147,8 +148,26 @@ def sweep_depths(
             choice = fine_cost.argmin(axis=1)
             matched = (fine_cost[index, choice] < match_threshold) & distinct
             distance[pixels[rays]] = np.where(matched, fine[index, choice], np.nan)
-        depth_maps.append(DepthMap(distance.reshape(working.height, working.width), working))
+        depth_maps.append(DepthMap(fill_depth_gaps(distance.reshape(working.height, working.width), mask), working))
     return depth_maps
+
+
+def fill_depth_gaps(distance: np.ndarray, swept: np.ndarray, window: int = 5) -> np.ndarray:
+    """Give a ``swept`` pixel left without a depth the median of its ``window`` x
+    ``window`` neighbours when at least half of them have one.
+
+    Such a pixel (a poor or ambiguous match amid good ones) votes on nothing, so its ray
+    would keep the hull's verdict: a thin column left standing in carved space, which the
+    surface wraps as a handle. Larger gaps, where no depth is trustworthy, stay unknown.
+    """
+    pad = window // 2
+    windows = sliding_window_view(np.pad(distance, pad, constant_values=np.nan), (window, window))
+    rows, columns = np.nonzero(swept & np.isnan(distance))
+    neighbourhoods = windows[rows, columns].reshape(len(rows), -1)
+    fillable = np.isfinite(neighbourhoods).sum(axis=1) * 2 >= window * window
+    filled = distance.copy()
+    filled[rows[fillable], columns[fillable]] = np.nanmedian(neighbourhoods[fillable], axis=1)
+    return filled
 
 
 def _foreground_blur(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:

@@ -15,7 +15,7 @@ from recon.geometry import extract_surface, silhouette_field, working_volume
 from recon.gltf_validation import validate_glb
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
-from recon.stereo import sweep_depths
+from recon.stereo import fill_depth_gaps, sweep_depths
 from stages.reconstruct import to_pinhole, to_rgba_views
 from zero123pp import Camera, join_views, split_grid, view_cameras
 
@@ -206,6 +206,20 @@ def test_stereo_leaves_plain_colour_to_the_silhouettes():
     fused = reconstruct(images, cameras, FAST)
     volume = lambda asset: trimesh.Trimesh(asset.vertices, asset.faces).volume  # noqa: E731
     assert volume(fused) == pytest.approx(volume(hull), rel=0.03)
+
+
+def test_an_isolated_pixel_without_depth_takes_its_neighbours_median_and_a_large_gap_stays():
+    """One unmatched pixel amid matched ones would leave a column of the hull standing in
+    carved space; a large unmatched patch has nothing trustworthy to borrow from."""
+    distance = np.tile(np.linspace(3.0, 4.0, 20, dtype=np.float32), (20, 1))
+    swept = np.ones_like(distance, bool)
+    swept[:, :2] = False  # background: never given a depth
+    distance[:, :2] = np.nan
+    distance[5, 10] = np.nan
+    distance[10:20, 10:20] = np.nan
+    filled = fill_depth_gaps(distance, swept)
+    assert filled[5, 10] == pytest.approx(np.nanmedian(distance[3:8, 8:13]))
+    assert np.isnan(filled[15, 15]) and np.isnan(filled[:, :2]).all()
 
 
 # ------------------------------------------------------------------ CLI/GLB
