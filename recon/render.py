@@ -23,7 +23,8 @@ AlbedoFunction = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class RenderResult:
-    """Per-pixel images of one view; arrays are (H, W, ...) float32, mask is bool."""
+    """Per-pixel images of one view; arrays are (H, W, ...) float32, mask is bool, face_ids
+    int64 (-1 where no face is hit)."""
 
     albedo: np.ndarray
     depth: np.ndarray
@@ -74,7 +75,7 @@ class MeshRenderer:
         mask = np.isfinite(hits["t_hit"])
         distance = np.where(mask, hits["t_hit"], 0.0)
         depth = (distance * (directions @ camera.view_axis())).astype(np.float32)
-        face_ids = np.where(mask, hits["primitive_ids"], -1).astype(np.int64)
+        face_ids = np.where(mask, hits["primitive_ids"].astype(np.int64), -1)
         normals = np.where(mask[..., None], hits["primitive_normals"], 0.0).astype(np.float32)
         albedo = np.zeros(mask.shape + (3,), np.float32)
         if mask.any():

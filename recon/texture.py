@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 import xatlas
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
 from recon.camera import PinholeCamera
@@ -50,27 +50,19 @@ def unwrap(mesh: trimesh.Trimesh, texture_size: int, padding: int = 4) -> tuple[
 def rasterize_uv(faces: np.ndarray, uv: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """For each texel: the face covering its centre (-1 for none) and barycentric weights.
 
-    Drawn with PIL's polygon fill (one integer id per face): no installed library
-    rasterises triangles into texture space.
+    The UV layout is laid flat as a mesh in the plane z = 0 and every texel centre casts a
+    ray onto it (open3d's ray caster), which gives the covering face and the barycentric
+    coordinates in one vectorised call.
     """
-    ids = Image.new("I", (size, size), 0)
-    draw = ImageDraw.Draw(ids)
-    texel_uv = np.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size], axis=-1)
-    for index, corners in enumerate(texel_uv[faces]):
-        draw.polygon([tuple(point) for point in corners], fill=index + 1)
-    face_of = np.asarray(ids, np.int64) - 1
-    ys, xs = np.nonzero(face_of >= 0)
-    a, b, c = (texel_uv[faces[face_of[ys, xs]]][:, i] for i in range(3))
-    p = np.stack([xs + 0.5, ys + 0.5], axis=-1)
-    v0, v1, v2 = b - a, c - a, p - a
-    denominator = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-    denominator = np.where(np.abs(denominator) < 1e-12, 1e-12, denominator)
-    w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / denominator
-    w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / denominator
-    weights = np.clip(np.stack([1 - w1 - w2, w1, w2], axis=-1), 0, None)
-    weights /= np.maximum(weights.sum(-1, keepdims=True), 1e-12)
-    barycentric = np.zeros((size, size, 3))
-    barycentric[ys, xs] = weights
+    flat = np.column_stack([uv[:, 0] * size, (1 - uv[:, 1]) * size, np.zeros(len(uv))])
+    layout = MeshRenderer(trimesh.Trimesh(flat, faces, process=False))
+    rows, columns = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    origins = np.stack([columns, rows, np.ones_like(rows)], axis=-1)
+    hits = layout.cast(origins, np.broadcast_to(np.array([0.0, 0.0, -1.0]), origins.shape))
+    covered = np.isfinite(hits["t_hit"])
+    face_of = np.where(covered, hits["primitive_ids"].astype(np.int64), -1)
+    u, v = hits["primitive_uvs"][..., 0], hits["primitive_uvs"][..., 1]
+    barycentric = np.where(covered[..., None], np.stack([1 - u - v, u, v], axis=-1), 0.0)
     return face_of, barycentric
 
 
@@ -99,22 +91,24 @@ def bake_base_colour(
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
     renderer = MeshRenderer(mesh)
-    rgb = np.stack([image[..., :3] for image in images]).astype(np.float32)
-    edge_distance = np.stack([np.clip(signed_distance(image[..., 3] > 0.5), 0, None) for image in images])
+    # per view: the surface's depth (for visibility), the distance to the silhouette edge
+    # and the colour, sampled at every texel's point in one call
+    maps = np.stack([
+        np.dstack([renderer.render(camera).depth, np.clip(signed_distance(image[..., 3] > 0.5), 0, None), image[..., :3]])
+        for image, camera in zip(images, cameras)
+    ])
+    samples = sample_views(maps, cameras, points, 0.0)
     colour_sum = np.zeros((len(points), 3))
     weight_sum = np.zeros(len(points))
     tolerance = 0.01 * np.mean([np.linalg.norm(c.position) for c in cameras])
-    for view, camera in enumerate(cameras):
+    for camera, (observed, edge, colour) in zip(cameras, ((s[:, 0], s[:, 1], s[:, 2:]) for s in samples)):
         _, depth = camera.project(points)
-        surface_depth = renderer.render(camera).depth
-        observed = sample_views(surface_depth[None], [camera], points, 0.0)[0]
         to_camera = camera.position - points
         to_camera /= np.linalg.norm(to_camera, axis=-1, keepdims=True)
         facing = np.clip((normals * to_camera).sum(-1), 0, None)
-        edge = sample_views(edge_distance[view:view + 1], [camera], points, 0.0)[0]
         weight = facing**2 * np.clip(edge / edge_falloff_px, 0.02, 1.0)
         weight *= (np.abs(observed - depth) < tolerance) & (edge > 0)
-        colour_sum += weight[:, None] * sample_views(rgb[view:view + 1], [camera], points, 0.0)[0]
+        colour_sum += weight[:, None] * colour
         weight_sum += weight
 
     texture = np.zeros((texture_size, texture_size, 3), np.float32)

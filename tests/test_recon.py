@@ -61,6 +61,7 @@ def test_renderer_depth_and_mask_of_a_sphere():
     radius_px = 32 / np.tan(np.radians(15)) * np.tan(np.arcsin(0.5 / 4.0))
     assert result.mask.sum() == pytest.approx(np.pi * radius_px**2, rel=0.05)
     assert result.normals[32, 32] @ [0, 0, 1] == pytest.approx(1.0, abs=0.01)
+    assert (result.face_ids[~result.mask] == -1).all() and (result.face_ids[result.mask] >= 0).all()
 
 
 def test_depth_condition_grid_layout_and_normalisation(capsule):
