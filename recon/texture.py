@@ -28,17 +28,24 @@ class TexturedMesh:
         return Image.fromarray(np.round(np.clip(self.texture, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
-def unwrap(mesh: trimesh.Trimesh, texture_size: int, padding: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas charts packed for ``texture_size`` with ``padding`` texels between them.
+def unwrap(
+    mesh: trimesh.Trimesh, texture_size: int, padding: int = 4, max_chart_fraction: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts packed for ``texture_size`` with ``padding`` texels between them, none
+    larger than ``max_chart_fraction`` of the surface.
 
     Charts are grown in one pass, without xatlas's re-seeding iterations: those cost up to
     2.3 s on a 20k-face mesh of a fragmented surface (a gear: 3036 charts instead of 2690)
     for the same texel utilisation, and baking dilates across the extra seams anyway.
+    Growing and flattening a large chart costs more than in proportion to its size: on the
+    smooth 20k-face cow, unbounded charts took 1.7 s and charts capped at 5 % of the surface
+    0.6 s (404 charts instead of 284, 77 % of the texels used instead of 82 %).
     """
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
     charts = xatlas.ChartOptions()
     charts.max_iterations = 0
+    charts.max_chart_area = max_chart_fraction * float(mesh.area)
     pack = xatlas.PackOptions()
     pack.resolution = texture_size
     pack.padding = padding
