@@ -140,7 +140,8 @@ def silhouette_field(
     one, and fewer of them). ``max_surface_faces`` coarsens the grid of an object with a
     large surface (gear teeth, foliage) until its hull's iso-surface has about that many
     faces: clean-up and decimation take time in proportion, and a mesh decimated to a few
-    times fewer faces cannot keep finer detail.
+    times fewer faces cannot keep finer detail. The voxels grow at most twofold, so the
+    shape of a very large surface keeps ``resolution / 2`` voxels along its longest side.
 
     The score is the exact visual hull's, ``d1``: the smallest signed distance in pixels
     over the views, so consistent silhouettes are followed to the pixel. Generated views
@@ -158,7 +159,8 @@ def silhouette_field(
     extent = coarse.high - coarse.low
     voxel_size = float(extent.max()) / (resolution - 1)
     if max_surface_faces:
-        voxel_size = max(voxel_size, float(np.sqrt(TRIANGLES_PER_VOXEL_AREA * coarse.area / max_surface_faces)))
+        budget_size = float(np.sqrt(TRIANGLES_PER_VOXEL_AREA * coarse.area / max_surface_faces))
+        voxel_size = min(max(voxel_size, budget_size), 2 * voxel_size)
     shape = tuple(int(np.ceil(length / voxel_size)) + 1 for length in extent)
     origin = (coarse.low + coarse.high) / 2 - voxel_size * (np.array(shape) - 1) / 2
     field = VoxelField(np.zeros(shape, np.float32), origin, voxel_size)

@@ -147,13 +147,16 @@ def test_the_field_is_fitted_to_the_object_not_to_the_working_volume():
 
 def test_the_field_of_a_large_surface_is_coarsened_to_the_face_budget(capsule):
     """Decimation time follows the iso-surface's size, so the field of an object with much
-    surface is coarsened until its hull has about ``max_surface_faces`` faces."""
+    surface is coarsened until its hull has about ``max_surface_faces`` faces, but never to
+    voxels more than twice as large."""
     renders, cameras = render_views(capsule)
     masks = [render.mask for render in renders]
     fine = extract_surface(silhouette_field(masks, cameras, 64))
-    capped = extract_surface(silhouette_field(masks, cameras, 64, max_surface_faces=2000))
-    assert len(fine.faces) > 4000 and 1400 < len(capped.faces) < 2600
+    capped = extract_surface(silhouette_field(masks, cameras, 64, max_surface_faces=6000))
+    floored = extract_surface(silhouette_field(masks, cameras, 64, max_surface_faces=100))
+    assert len(fine.faces) > 12000 and 4200 < len(capped.faces) < 7800
     assert capped.volume == pytest.approx(fine.volume, rel=0.05)
+    assert len(floored.faces) > 0.2 * len(fine.faces)  # a quarter of the faces at twice the voxel size
 
 
 def test_a_hole_is_carved_only_where_two_views_see_through_it():
