@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import trimesh
+from scipy.spatial import cKDTree
 
 from recon.surface import decimate_textured
 from recon.texture import TexturedMesh
@@ -37,7 +39,7 @@ def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0
         doubleSided=False,
     )
     visual = trimesh.visual.TextureVisuals(uv=asset.uv, material=material)
-    return trimesh.Trimesh(asset.vertices, asset.faces, visual=visual, process=False)
+    return trimesh.Trimesh(asset.vertices, asset.faces, vertex_normals=asset.normals, visual=visual, process=False)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -60,7 +62,9 @@ def lod_chain(asset: TexturedMesh, lods: int) -> list[TexturedMesh]:
     for level in range(1, lods):
         target = max(len(asset.faces) // 2**level, 64)
         vertices, faces, uv = decimate_textured(asset.vertices, asset.faces, asset.uv, target)
-        chain.append(TexturedMesh(vertices, faces, uv, asset.texture))
+        # decimation leaves every surviving vertex where it was, so its normal is found by position
+        kept = cKDTree(asset.vertices).query(vertices)[1]
+        chain.append(replace(asset, vertices=vertices, faces=faces, uv=uv, normals=asset.normals[kept]))
     return chain
 
 
@@ -69,7 +73,8 @@ def export_glb(asset: TexturedMesh, output: str | Path, lods: int = 3) -> list[P
     output = Path(output)
     if output.suffix.lower() != ".glb":
         raise ValueError(f"output must be a .glb file, got {output}")
-    blobs = [to_trimesh(level).export(file_type="glb") for level in lod_chain(asset, lods)]
+    # NORMAL is written explicitly: without it, glTF viewers shade every face flat
+    blobs = [to_trimesh(level).export(file_type="glb", include_normals=True) for level in lod_chain(asset, lods)]
     paths = [output] + [output.with_name(f"{output.stem}_LOD{level}.glb") for level in range(lods)]
     for path, blob in zip(paths, [blobs[0], *blobs]):
         write_atomically(path, blob)

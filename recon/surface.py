@@ -98,9 +98,12 @@ def decimate_textured(
     meshset.add_mesh(pymeshlab.Mesh(vertices.astype(np.float64), faces.astype(np.int32), v_tex_coords_matrix=uv,
                                     f_scalar_array=free.astype(np.float64)))
     meshset.compute_selection_by_condition_per_face(condselect="fq > 0")
+    # autoclean would merge the copies of each seam vertex (same position, other UV) and
+    # stretch the faces along every seam across the atlas; only unused vertices go
     meshset.meshing_decimation_quadric_edge_collapse(
         targetfacenum=int(target_faces), qualitythr=0.3, preserveboundary=True, boundaryweight=2.0,
-        preservenormal=True, optimalplacement=False, planarquadric=True, autoclean=True, selected=True,
+        preservenormal=True, optimalplacement=False, planarquadric=True, autoclean=False, selected=True,
     )
+    meshset.meshing_remove_unreferenced_vertices()
     current = meshset.current_mesh()
     return current.vertex_matrix(), current.face_matrix().astype(np.int64), current.vertex_tex_coord_matrix()

@@ -17,12 +17,17 @@ from recon.render import MeshRenderer
 
 @dataclass
 class TexturedMesh:
-    """A UV-mapped mesh and its base-colour texture (H, W, 3) in 0..1; glTF UVs (v up)."""
+    """A UV-mapped mesh and its base-colour texture (H, W, 3) in 0..1; glTF UVs (v up).
+
+    ``normals`` are unit vertex normals of the surface before it was cut along UV seams, so
+    the copies of a seam vertex share one normal and the shading shows no seams.
+    """
 
     vertices: np.ndarray
     faces: np.ndarray
     uv: np.ndarray
     texture: np.ndarray
+    normals: np.ndarray
 
     def texture_image(self) -> Image.Image:
         return Image.fromarray(np.round(np.clip(self.texture, 0, 1) * 255).astype(np.uint8), "RGB")
@@ -32,7 +37,8 @@ def unwrap(
     mesh: trimesh.Trimesh, texture_size: int, padding: int = 4, max_chart_fraction: float = 0.05
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xatlas charts packed for ``texture_size`` with ``padding`` texels between them, none
-    larger than ``max_chart_fraction`` of the surface.
+    larger than ``max_chart_fraction`` of the surface: for each vertex of the unwrapped mesh
+    (cut along the chart seams) the mesh vertex it copies, then its faces and UVs.
 
     Charts are grown in one pass, without xatlas's re-seeding iterations: those cost up to
     2.3 s on a 20k-face mesh of a fragmented surface (a gear: 3036 charts instead of 2690)
@@ -50,8 +56,8 @@ def unwrap(
     pack.resolution = texture_size
     pack.padding = padding
     atlas.generate(chart_options=charts, pack_options=pack)
-    mapping, faces, uv = atlas[0]
-    return np.asarray(mesh.vertices)[mapping], faces.astype(np.int64), uv.astype(np.float64)
+    vertex_of, faces, uv = atlas[0]
+    return vertex_of.astype(np.int64), faces.astype(np.int64), uv.astype(np.float64)
 
 
 def rasterize_uv(faces: np.ndarray, uv: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +94,12 @@ def bake_base_colour(
     sees, and the gutters around charts, take the colour of the nearest baked texel, which
     dilates colour across seams so mip-mapping shows no cracks.
     """
-    vertices, faces, uv = unwrap(mesh, texture_size)
+    vertex_of, faces, uv = unwrap(mesh, texture_size)
+    vertices, vertex_normals = np.asarray(mesh.vertices)[vertex_of], np.asarray(mesh.vertex_normals)[vertex_of]
     face_of, barycentric = rasterize_uv(faces, uv, texture_size)
     covered = face_of >= 0
     corners = faces[face_of[covered]]
     points = (vertices[corners] * barycentric[covered][..., None]).sum(axis=1).astype(np.float32)
-    vertex_normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
     normals = (vertex_normals[corners] * barycentric[covered][..., None]).sum(axis=1)
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
@@ -127,4 +133,4 @@ def bake_base_colour(
     if baked.any():
         _, (rows, cols) = ndimage.distance_transform_edt(~baked, return_indices=True)
         texture = texture[rows, cols]
-    return TexturedMesh(vertices, faces, uv, texture)
+    return TexturedMesh(vertices, faces, uv, texture, vertex_normals)

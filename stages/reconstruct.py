@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def export_asset(asset: TexturedMesh, output: str | Path, lods: int = 3, height:
     """Write the LOD GLBs, normalised for engines (bottom-centre pivot, ``height`` metres);
     ``height=None`` keeps the coordinates as they are (a studio's own retextured mesh)."""
     if height is not None:
-        asset = TexturedMesh(normalise_for_engine(asset.vertices, height), asset.faces, asset.uv, asset.texture)
+        asset = replace(asset, vertices=normalise_for_engine(asset.vertices, height))
     return export_glb(asset, output, lods)
 
 

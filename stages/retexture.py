@@ -8,6 +8,7 @@ coordinates, so positions and faces are exactly the ones supplied (only UVs are 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,4 +99,4 @@ def retexture(mesh: trimesh.Trimesh, views: list[Image.Image], version: Version 
         mask = renderer.render(camera).mask.astype(np.float32)
         images.append(np.dstack([rgb, mask]))
     baked = bake_base_colour(normalised, images, cameras, texture_size)
-    return TexturedMesh(baked.vertices / scale + centre, baked.faces, baked.uv, baked.texture)
+    return replace(baked, vertices=baked.vertices / scale + centre)

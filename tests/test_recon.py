@@ -237,6 +237,19 @@ def capsule_grid(capsule, tmp_path_factory):
     return path
 
 
+def glb_attribute(path, name: str) -> np.ndarray:
+    """A float vertex attribute of a GLB's first primitive, read from the file itself."""
+    data = path.read_bytes()
+    json_length = int.from_bytes(data[12:16], "little")
+    gltf = json.loads(data[20:20 + json_length])
+    binary = 20 + json_length + 8  # after the JSON chunk and the binary chunk's header
+    accessor = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"][name]]
+    view = gltf["bufferViews"][accessor["bufferView"]]
+    width = {"VEC2": 2, "VEC3": 3, "VEC4": 4}[accessor["type"]]
+    start = binary + view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
+    return np.frombuffer(data, np.float32, accessor["count"] * width, start).reshape(-1, width)
+
+
 def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
     output = tmp_path / "asset.glb"
     code = main(["reconstruct", str(capsule_grid), "-o", str(output), "--target-faces", "4000",
@@ -258,7 +271,20 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
         assert abs(low[0] + high[0]) < tolerance and abs(low[2] + high[2]) < tolerance
         assert isinstance(mesh.visual, trimesh.visual.TextureVisuals)
         assert mesh.visual.material.baseColorTexture.size == (512, 512)
+        # smooth normals are stored (viewers shade a GLB without them flat), one per position:
+        # the copies of a vertex along a UV seam share it, so no seam shows in the shading
+        positions, normals = glb_attribute(path, "POSITION"), glb_attribute(path, "NORMAL")
+        assert np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+        _, position_of = np.unique(positions, axis=0, return_inverse=True)
+        shared = np.zeros((position_of.max() + 1, 3), np.float32)
+        shared[position_of.reshape(-1)] = normals
+        assert len(positions) > len(shared) and np.allclose(shared[position_of.reshape(-1)], normals)
     assert faces[0] == faces[1] <= 4000 and faces[1] > faces[2] > faces[3]
+    # the coarsest level, sharing LOD0's texture, still shows the same colours
+    camera = to_pinhole(Camera(0, 0, 30.0, 4.0, 160, 160))
+    renders = [MeshRenderer(trimesh.load(path, force="mesh")).render(camera) for path in (files[1], files[3])]
+    both = renders[0].mask & renders[1].mask
+    assert 10 * np.log10(1 / ((renders[0].albedo - renders[1].albedo) ** 2)[both].mean()) > 25
     transforms = json.loads((tmp_path / "ns" / "transforms.json").read_text())
     assert len(transforms["frames"]) == 6 and transforms["frames"][0]["w"] == 320
     assert (tmp_path / "ns" / transforms["frames"][0]["mask_path"]).is_file()
