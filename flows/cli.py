@@ -93,7 +93,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     asset = reconstruct_views(
         args.views, args.version, target_faces=args.target_faces, texture_size=args.texture_size,
         progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
-        nerfstudio_dir=args.export_nerfstudio,
+        nerfstudio_dir=args.export_nerfstudio, normal_map=args.normal_map,
     )
     paths = export_asset(asset, args.output, lods=args.lods, height=args.height)
     for path in paths:
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--texture-size", type=int, default=1024)
     rebuild.add_argument("--lods", type=int, default=3)
     rebuild.add_argument("--height", type=float, default=1.0, help="asset height in metres")
+    rebuild.add_argument("--normal-map", action="store_true",
+                         help="also bake a tangent-space normal map from the dense surface")
     rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")
     rebuild.add_argument("--previews", action="store_true", help="also write OUT_contact.png and OUT_turntable.gif")
     rebuild.set_defaults(handler=_reconstruct)

@@ -33,10 +33,11 @@ def normalise_for_engine(vertices: np.ndarray, height: float = 1.0) -> np.ndarra
 
 
 def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0.0) -> trimesh.Trimesh:
-    """A trimesh whose glTF export carries the base-colour texture in a PBR material."""
+    """A trimesh whose glTF export carries the base-colour texture (and the normal map, if
+    one was baked) in a PBR material."""
     material = trimesh.visual.material.PBRMaterial(
-        name="base", baseColorTexture=asset.texture_image(), metallicFactor=metallic, roughnessFactor=roughness,
-        doubleSided=False,
+        name="base", baseColorTexture=asset.texture_image(), normalTexture=asset.normal_texture_image(),
+        metallicFactor=metallic, roughnessFactor=roughness, doubleSided=False,
     )
     visual = trimesh.visual.TextureVisuals(uv=asset.uv, material=material)
     return trimesh.Trimesh(asset.vertices, asset.faces, vertex_normals=asset.normals, visual=visual, process=False)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
 from recon.camera import PinholeCamera
 from recon.geometry import extract_surface, silhouette_field
+from recon.normal_map import bake_normal_map
 from recon.stereo import fuse_depth_maps, sweep_depths
 from recon.surface import clean_surface, decimate
 from recon.texture import TexturedMesh, bake_base_colour
@@ -28,7 +29,8 @@ class ReconstructionOptions:
     sweeps depths inside the hull (``depth_samples`` coarse steps per ray; a match is a
     summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
     everywhere farther than ``ambiguity_voxels`` along its ray) and fuses them with
-    ``truncation_voxels``."""
+    ``truncation_voxels``. ``normal_map`` also bakes a tangent-space normal map carrying the
+    dense surface's detail onto the decimated one."""
 
     resolution: int = 128
     surface_faces_per_target: float = 4.0
@@ -41,6 +43,7 @@ class ReconstructionOptions:
     truncation_voxels: float = 4.0
     target_faces: int = 20000
     texture_size: int = 1024
+    normal_map: bool = False
 
 
 def check_views(images: list[np.ndarray], cameras: list[PinholeCamera], expected: int = 6) -> list[np.ndarray]:
@@ -97,10 +100,13 @@ def reconstruct(
         phase("multi-view stereo")
         field = fuse_depth_maps(field, depth_maps, options.truncation_voxels)
         phase("depth fusion")
-    surface = clean_surface(extract_surface(field))
+    dense = clean_surface(extract_surface(field))
     phase("iso-surface and clean-up")
-    surface = decimate(surface, options.target_faces)
+    surface = decimate(dense, options.target_faces)
     phase("decimation")
     textured = bake_base_colour(surface, images, cameras, options.texture_size)
     phase("UV unwrap and texture bake")
+    if options.normal_map:
+        textured = replace(textured, normal_texture=bake_normal_map(textured, dense))
+        phase("normal map")
     return textured

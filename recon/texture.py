@@ -28,9 +28,18 @@ class TexturedMesh:
     uv: np.ndarray
     texture: np.ndarray
     normals: np.ndarray
+    normal_texture: np.ndarray | None = None
 
     def texture_image(self) -> Image.Image:
-        return Image.fromarray(np.round(np.clip(self.texture, 0, 1) * 255).astype(np.uint8), "RGB")
+        return _to_image(self.texture)
+
+    def normal_texture_image(self) -> Image.Image | None:
+        """The tangent-space normal map, if one was baked (``recon.normal_map``)."""
+        return None if self.normal_texture is None else _to_image(self.normal_texture)
+
+
+def _to_image(texture: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(texture, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
 def unwrap(
@@ -91,16 +100,13 @@ def bake_base_colour(
     Per texel, every view that sees it (ray-cast visibility) contributes its colour with a
     weight that grows with how squarely the view faces the surface and with the distance to
     that view's silhouette edge, where generated views are least reliable. Texels no view
-    sees, and the gutters around charts, take the colour of the nearest baked texel, which
-    dilates colour across seams so mip-mapping shows no cracks.
+    sees take the colour of the nearest baked texel (``TexelSurface.fill``).
     """
     vertex_of, faces, uv = unwrap(mesh, texture_size)
     vertices, vertex_normals = np.asarray(mesh.vertices)[vertex_of], np.asarray(mesh.vertex_normals)[vertex_of]
-    face_of, barycentric = rasterize_uv(faces, uv, texture_size)
-    covered = face_of >= 0
-    corners = faces[face_of[covered]]
-    points = (vertices[corners] * barycentric[covered][..., None]).sum(axis=1).astype(np.float32)
-    normals = (vertex_normals[corners] * barycentric[covered][..., None]).sum(axis=1)
+    texels = texel_surface(vertices, faces, uv, texture_size)
+    points = texels.interpolate(vertices).astype(np.float32)
+    normals = texels.interpolate(vertex_normals)
     normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
 
     renderer = MeshRenderer(mesh)
@@ -124,13 +130,41 @@ def bake_base_colour(
         colour_sum += weight[:, None] * colour
         weight_sum += weight
 
-    texture = np.zeros((texture_size, texture_size, 3), np.float32)
-    baked = np.zeros((texture_size, texture_size), bool)
     seen = weight_sum > 1e-6
-    texel_index = np.argwhere(covered)[seen]
-    texture[texel_index[:, 0], texel_index[:, 1]] = colour_sum[seen] / weight_sum[seen, None]
-    baked[texel_index[:, 0], texel_index[:, 1]] = True
-    if baked.any():
-        _, (rows, cols) = ndimage.distance_transform_edt(~baked, return_indices=True)
-        texture = texture[rows, cols]
-    return TexturedMesh(vertices, faces, uv, texture, vertex_normals)
+    colour = np.where(seen[:, None], colour_sum / np.maximum(weight_sum, 1e-6)[:, None], 0.0)
+    return TexturedMesh(vertices, faces, uv, texels.fill(colour, seen), vertex_normals)
+
+
+@dataclass
+class TexelSurface:
+    """Where each texel of a UV layout lies on its mesh: the ``covered`` texels (H, W), and
+    for each of them, in row-major order, the face and the barycentric weights."""
+
+    covered: np.ndarray
+    corners: np.ndarray
+    weights: np.ndarray
+
+    def interpolate(self, per_vertex: np.ndarray) -> np.ndarray:
+        """A per-vertex quantity (V, C) at every covered texel (N, C)."""
+        return (per_vertex[self.corners] * self.weights[..., None]).sum(axis=1)
+
+    def fill(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """A texture (H, W, C) of the covered texels' ``values`` where ``valid``; every other
+        texel, the gutters around charts included, takes the nearest valid texel's value,
+        which dilates across seams so mip-mapping shows no cracks."""
+        texture = np.zeros(self.covered.shape + values.shape[1:], np.float32)
+        baked = np.zeros(self.covered.shape, bool)
+        texel_index = np.argwhere(self.covered)[valid]
+        texture[texel_index[:, 0], texel_index[:, 1]] = values[valid]
+        baked[texel_index[:, 0], texel_index[:, 1]] = True
+        if baked.any():
+            _, (rows, columns) = ndimage.distance_transform_edt(~baked, return_indices=True)
+            texture = texture[rows, columns]
+        return texture
+
+
+def texel_surface(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, size: int) -> TexelSurface:
+    """The texels of a ``size`` x ``size`` texture that the UV layout covers, on the mesh."""
+    face_of, barycentric = rasterize_uv(faces, uv, size)
+    covered = face_of >= 0
+    return TexelSurface(covered, faces[face_of[covered]], barycentric[covered])

@@ -65,16 +65,18 @@ def reconstruct_views(
     texture_size: int = 1024,
     progress: Progress | None = None,
     nerfstudio_dir: str | Path | None = None,
+    normal_map: bool = False,
 ) -> TexturedMesh:
     """Load, mat and reconstruct six views; the mesh is in the cameras' world frame.
 
-    ``nerfstudio_dir`` also writes the matted views, masks and cameras in nerfstudio's format.
+    ``nerfstudio_dir`` also writes the matted views, masks and cameras in nerfstudio's format;
+    ``normal_map`` also bakes a tangent-space normal map from the dense surface.
     """
     source = Path(source)
     images = to_rgba_views(open_views(source))
     cameras_json = source / "cameras.json" if source.is_dir() else None
     cameras = six_view_cameras(version, images[0].shape[1], cameras_json)
-    options = ReconstructionOptions(target_faces=target_faces, texture_size=texture_size)
+    options = ReconstructionOptions(target_faces=target_faces, texture_size=texture_size, normal_map=normal_map)
     asset = reconstruct(images, cameras, options, progress)
     if nerfstudio_dir is not None:
         export_nerfstudio(images, cameras, nerfstudio_dir)

@@ -13,9 +13,11 @@ from scipy import ndimage
 from flows.cli import main
 from recon.geometry import extract_surface, silhouette_field, working_volume
 from recon.gltf_validation import validate_glb
+from recon.normal_map import bake_normal_map
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
 from recon.stereo import fill_depth_gaps, sweep_depths
+from recon.texture import TexturedMesh
 from stages.reconstruct import to_pinhole, to_rgba_views
 from zero123pp import Camera, join_views, split_grid, view_cameras
 
@@ -212,6 +214,24 @@ def test_stereo_leaves_plain_colour_to_the_silhouettes():
     assert volume(fused) == pytest.approx(volume(hull), rel=0.03)
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_normal_map_carries_the_dense_surfaces_normals_into_the_tangent_frame(mirrored):
+    """A flat square (normal +Z) mapped u = x, v = y, and the same square mirrored in UV
+    (u = y, v = x, a chart xatlas may flip): the dense surface is tilted about Y, so its
+    normal (-0.1, 0, 1) must come out along the tangent (x) in the first case and along
+    the bitangent (y) in the second."""
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    uv = vertices[:, [1, 0]] if mirrored else vertices[:, :2]  # mirrored: the faces wind the other way in UV
+    flat = TexturedMesh(vertices, faces, uv, np.zeros((64, 64, 3)), np.tile([0.0, 0.0, 1.0], (4, 1)))
+    tilted = trimesh.Trimesh(vertices + np.outer(vertices[:, 0], [0, 0, 0.1]), faces, process=False)
+    normal_map = bake_normal_map(flat, tilted)
+    expected = np.array([-0.1, 0.0, 1.0]) / np.linalg.norm([-0.1, 0.0, 1.0])
+    if mirrored:
+        expected = expected[[1, 0, 2]]
+    assert np.allclose(normal_map[8:56, 8:56].reshape(-1, 3) * 2 - 1, expected, atol=0.01)
+
+
 def test_an_isolated_pixel_without_depth_takes_its_neighbours_median_and_a_large_gap_stays():
     """One unmatched pixel amid matched ones would leave a column of the hull standing in
     carved space; a large unmatched patch has nothing trustworthy to borrow from."""
@@ -253,7 +273,7 @@ def glb_attribute(path, name: str) -> np.ndarray:
 def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
     output = tmp_path / "asset.glb"
     code = main(["reconstruct", str(capsule_grid), "-o", str(output), "--target-faces", "4000",
-                 "--texture-size", "512", "--lods", "3", "--export-nerfstudio", str(tmp_path / "ns")])
+                 "--texture-size", "512", "--lods", "3", "--export-nerfstudio", str(tmp_path / "ns"), "--normal-map"])
     assert code == 0
     files = [output] + [tmp_path / f"asset_LOD{level}.glb" for level in range(3)]
     faces = []
@@ -271,6 +291,7 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
         assert abs(low[0] + high[0]) < tolerance and abs(low[2] + high[2]) < tolerance
         assert isinstance(mesh.visual, trimesh.visual.TextureVisuals)
         assert mesh.visual.material.baseColorTexture.size == (512, 512)
+        assert mesh.visual.material.normalTexture.size == (512, 512)
         # smooth normals are stored (viewers shade a GLB without them flat), one per position:
         # the copies of a vertex along a UV seam share it, so no seam shows in the shading
         positions, normals = glb_attribute(path, "POSITION"), glb_attribute(path, "NORMAL")
