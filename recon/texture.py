@@ -103,7 +103,8 @@ def bake_base_colour(
     sees take the colour of the nearest baked texel (``TexelSurface.fill``).
     """
     vertex_of, faces, uv = unwrap(mesh, texture_size)
-    vertices, vertex_normals = np.asarray(mesh.vertices)[vertex_of], np.asarray(mesh.vertex_normals)[vertex_of]
+    vertices = np.asarray(mesh.vertices)[vertex_of]
+    vertex_normals = _seam_free_normals(mesh, vertex_of, faces)
     texels = texel_surface(vertices, faces, uv, texture_size)
     points = texels.interpolate(vertices).astype(np.float32)
     normals = texels.interpolate(vertex_normals)
@@ -133,6 +134,20 @@ def bake_base_colour(
     seen = weight_sum > 1e-6
     colour = np.where(seen[:, None], colour_sum / np.maximum(weight_sum, 1e-6)[:, None], 0.0)
     return TexturedMesh(vertices, faces, uv, texels.fill(colour, seen), vertex_normals)
+
+
+def _seam_free_normals(mesh: trimesh.Trimesh, vertex_of: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit normals of the unwrapped vertices, taken from the surface before it was cut, so
+    the copies along a seam share one. Where a vertex's faces cancel out (two caps touching
+    back to back at one vertex, as in blockouts built from primitives), each copy takes the
+    normal of its own chart's faces, and failing that +Y: glTF allows no zero normal."""
+    normals = np.asarray(mesh.vertex_normals)[vertex_of]
+    degenerate = np.linalg.norm(normals, axis=1) < 0.5
+    if degenerate.any():
+        own = trimesh.Trimesh(np.asarray(mesh.vertices)[vertex_of], faces, process=False).vertex_normals
+        normals[degenerate] = own[degenerate]
+        normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 1.0, 0.0)
+    return normals
 
 
 @dataclass

@@ -11,14 +11,16 @@ from PIL import Image
 from scipy import ndimage
 
 from flows.cli import main
+from recon.export import export_glb
 from recon.geometry import extract_surface, silhouette_field, working_volume
 from recon.gltf_validation import validate_glb
 from recon.normal_map import bake_normal_map
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
 from recon.stereo import fill_depth_gaps, sweep_depths
-from recon.texture import TexturedMesh
+from recon.texture import TexturedMesh, bake_base_colour
 from stages.reconstruct import to_pinhole, to_rgba_views
+from stages.sample_input import draw_sample_blockout
 from zero123pp import Camera, join_views, split_grid, view_cameras
 
 FAST = ReconstructionOptions(resolution=64, target_faces=3000, texture_size=256)
@@ -255,6 +257,19 @@ def capsule_grid(capsule, tmp_path_factory):
     path = tmp_path_factory.mktemp("grid") / "grid.png"
     join_views([r.rgba(GREY) for r in renders]).save(path)
     return path
+
+
+def test_a_vertex_whose_faces_cancel_out_still_gets_a_unit_normal(tmp_path):
+    """The sample bottle's neck and cork caps touch back to back at one vertex, where the
+    face normals sum to zero; glTF allows no zero normal, so the GLB would be invalid."""
+    blockout = draw_sample_blockout()
+    bottle = coloured(trimesh.Trimesh(blockout.vertices, blockout.faces))  # merged: the caps share their centre
+    assert (np.linalg.norm(bottle.vertex_normals, axis=1) < 0.5).any()
+    renders, cameras = render_views(bottle)
+    asset = bake_base_colour(bottle, [np.asarray(r.rgba(), np.float32) / 255 for r in renders], cameras, 128)
+    assert np.allclose(np.linalg.norm(asset.normals, axis=1), 1.0)
+    path = export_glb(asset, tmp_path / "bottle.glb", lods=1)[0]
+    assert validate_glb(path)["issues"]["numErrors"] == 0
 
 
 def glb_attribute(path, name: str) -> np.ndarray:
