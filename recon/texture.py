@@ -121,7 +121,8 @@ def bake_base_colour(
     colour_sum = np.zeros((len(points), 3))
     weight_sum = np.zeros(len(points))
     tolerance = 0.01 * np.mean([np.linalg.norm(c.position) for c in cameras])
-    for camera, (observed, edge, colour) in zip(cameras, ((s[:, 0], s[:, 1], s[:, 2:]) for s in samples)):
+    for camera, sample in zip(cameras, samples):
+        observed, edge, colour = sample[:, 0], sample[:, 1], sample[:, 2:]
         _, depth = camera.project(points)
         to_camera = camera.position - points
         to_camera /= np.linalg.norm(to_camera, axis=-1, keepdims=True)
