@@ -60,11 +60,12 @@ def lod_chain(asset: TexturedMesh, lods: int) -> list[TexturedMesh]:
     if lods < 1:
         raise ValueError(f"lods must be at least 1, got {lods}")
     chain = [asset]
+    # decimation leaves every surviving vertex where it was, so its normal is found by position
+    by_position = cKDTree(asset.vertices)
     for level in range(1, lods):
         target = max(len(asset.faces) // 2**level, 64)
         vertices, faces, uv = decimate_textured(asset.vertices, asset.faces, asset.uv, target)
-        # decimation leaves every surviving vertex where it was, so its normal is found by position
-        kept = cKDTree(asset.vertices).query(vertices)[1]
+        kept = by_position.query(vertices)[1]
         chain.append(replace(asset, vertices=vertices, faces=faces, uv=uv, normals=asset.normals[kept]))
     return chain
 

@@ -19,6 +19,7 @@ import numpy as np
 import open3d as o3d
 import trimesh
 
+from recon.render import MeshRenderer
 from recon.texture import TexturedMesh, texel_surface
 
 
@@ -60,10 +61,7 @@ def bake_normal_map(asset: TexturedMesh, dense: trimesh.Trimesh, texture_size: i
     tangent = _unit(tangent - normal * (tangent * normal).sum(axis=1, keepdims=True))
     bitangent = np.cross(normal, tangent) * np.sign(texels.interpolate(signs[:, None]))
 
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(np.asarray(dense.vertices, np.float32)),
-                        o3d.core.Tensor(np.asarray(dense.faces, np.uint32)))
-    closest = scene.compute_closest_points(o3d.core.Tensor(points))
+    closest = MeshRenderer(dense).scene.compute_closest_points(o3d.core.Tensor(points))
     face = closest["primitive_ids"].numpy().astype(np.int64)
     u, v = closest["primitive_uvs"].numpy().T
     weights = np.stack([1 - u - v, u, v], axis=-1)
