@@ -74,14 +74,23 @@ def coarse_hull(
     centre, half = working_volume(cameras)
     grid = VoxelField(np.zeros((cells,) * 3, np.float32), centre - half, 2 * half / (cells - 1))
     points = grid.centres().reshape(-1, 3)
-    ordered = np.sort(sample_views(distances, cameras, points, OUTSIDE_IMAGE), axis=0)
-    grid.values = np.maximum(ordered[0], np.minimum(ordered[0] + tolerance_px, ordered[1])).reshape(grid.values.shape)
+    _, tolerant = _hull_scores(distances, cameras, points, tolerance_px)
+    grid.values = tolerant.reshape(grid.values.shape)
     area = float(extract_surface(grid, process=False).area)
     cell_px = grid.voxel_size / _pixel_footprint(cameras)
     occupied = points[grid.values.reshape(-1) > -cell_px]  # with thin parts the cells' centres miss
     low = np.maximum(occupied.min(axis=0) - grid.voxel_size, centre - half)
     high = np.minimum(occupied.max(axis=0) + grid.voxel_size, centre + half)
     return CoarseHull(low, high, area)
+
+
+def _hull_scores(
+    distances: np.ndarray, cameras: list[PinholeCamera], points: np.ndarray, tolerance_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact hull's score of ``points`` (the smallest signed distance over the views,
+    ``d1``) and the tolerant one, ``max(d1, min(d1 + tol, d2))``, in pixels."""
+    ordered = np.sort(sample_views(distances, cameras, points, OUTSIDE_IMAGE), axis=0)
+    return ordered[0], np.maximum(ordered[0], np.minimum(ordered[0] + tolerance_px, ordered[1]))
 
 
 def _pixel_footprint(cameras: list[PinholeCamera]) -> float:
@@ -165,9 +174,7 @@ def silhouette_field(
     origin = (coarse.low + coarse.high) / 2 - voxel_size * (np.array(shape) - 1) / 2
     field = VoxelField(np.zeros(shape, np.float32), origin, voxel_size)
     centres = field.centres().reshape(-1, 3)
-    ordered = np.sort(sample_views(filled_distances, cameras, centres, OUTSIDE_IMAGE), axis=0)
-    exact = ordered[0]
-    tolerant = np.maximum(exact, np.minimum(exact + tolerance_px, ordered[1]))
+    exact, tolerant = _hull_scores(filled_distances, cameras, centres, tolerance_px)
     has_holes = [bool((whole != mask).any()) for whole, mask in zip(filled, masks)]
     if any(has_holes):
         # A hole through the object (background seen through it) empties space only where
