@@ -19,7 +19,7 @@ import numpy as np
 import open3d as o3d
 import trimesh
 
-from recon.render import MeshRenderer
+from recon.render import MeshRenderer, barycentric_weights
 from recon.texture import TexturedMesh, texel_surface
 
 
@@ -63,8 +63,7 @@ def bake_normal_map(asset: TexturedMesh, dense: trimesh.Trimesh, texture_size: i
 
     closest = MeshRenderer(dense).scene.compute_closest_points(o3d.core.Tensor(points))
     face = closest["primitive_ids"].numpy().astype(np.int64)
-    u, v = closest["primitive_uvs"].numpy().T
-    weights = np.stack([1 - u - v, u, v], axis=-1)
+    weights = barycentric_weights(closest["primitive_uvs"].numpy())
     detail = _unit((np.asarray(dense.vertex_normals)[np.asarray(dense.faces)[face]] * weights[..., None]).sum(axis=1))
 
     in_tangent_space = np.stack([(detail * axis).sum(axis=1) for axis in (tangent, bitangent, normal)], axis=1)

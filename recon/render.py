@@ -85,7 +85,7 @@ class MeshRenderer:
 
     def _albedo(self, faces: np.ndarray, barycentric_uv: np.ndarray, points: np.ndarray) -> np.ndarray:
         corners = self.mesh.faces[faces]
-        weights = np.stack([1 - barycentric_uv.sum(-1), barycentric_uv[:, 0], barycentric_uv[:, 1]], axis=-1)
+        weights = barycentric_weights(barycentric_uv)
         if self.texture is not None:
             uv = (self.uv[corners] * weights[..., None]).sum(axis=1)
             return sample_texture(self.texture, uv)
@@ -94,6 +94,13 @@ class MeshRenderer:
         if self.albedo_function is not None:
             return self.albedo_function(points).astype(np.float32)
         return np.full((len(faces), 3), 0.8, np.float32)
+
+
+def barycentric_weights(primitive_uvs: np.ndarray) -> np.ndarray:
+    """open3d's hit coordinates ``(u, v)`` (..., 2) as the weights (..., 3) of a triangle's
+    three corners: the hit point is ``(1 - u - v) a + u b + v c``."""
+    u, v = primitive_uvs[..., 0], primitive_uvs[..., 1]
+    return np.stack([1 - u - v, u, v], axis=-1)
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from recon.camera import PinholeCamera
 from recon.geometry import sample_views, signed_distance
-from recon.render import MeshRenderer
+from recon.render import MeshRenderer, barycentric_weights
 
 
 @dataclass
@@ -83,8 +83,7 @@ def rasterize_uv(faces: np.ndarray, uv: np.ndarray, size: int) -> tuple[np.ndarr
     hits = layout.cast(origins, np.broadcast_to(np.array([0.0, 0.0, -1.0]), origins.shape))
     covered = np.isfinite(hits["t_hit"])
     face_of = np.where(covered, hits["primitive_ids"].astype(np.int64), -1)
-    u, v = hits["primitive_uvs"][..., 0], hits["primitive_uvs"][..., 1]
-    barycentric = np.where(covered[..., None], np.stack([1 - u - v, u, v], axis=-1), 0.0)
+    barycentric = np.where(covered[..., None], barycentric_weights(hits["primitive_uvs"]), 0.0)
     return face_of, barycentric
 
 
