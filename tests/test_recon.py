@@ -18,6 +18,7 @@ from recon.normal_map import bake_normal_map
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer, depth_condition_grid
 from recon.stereo import fill_depth_gaps, sweep_depths
+from recon.surface import decimate
 from recon.texture import TexturedMesh, bake_base_colour
 from stages.reconstruct import to_pinhole, to_rgba_views
 from stages.sample_input import draw_sample_blockout
@@ -246,6 +247,15 @@ def test_an_isolated_pixel_without_depth_takes_its_neighbours_median_and_a_large
     filled = fill_depth_gaps(distance, swept)
     assert filled[5, 10] == pytest.approx(np.nanmedian(distance[3:8, 8:13]))
     assert np.isnan(filled[15, 15]) and np.isnan(filled[:, :2]).all()
+
+
+# ------------------------------------------------------------- decimation/LODs
+
+
+def test_decimation_keeps_an_objects_few_handles():
+    ring = trimesh.creation.torus(0.6, 0.2, major_sections=64, minor_sections=32)
+    decimated = decimate(ring, 300)
+    assert len(decimated.faces) <= 300 and decimated.is_watertight and decimated.euler_number == 0
 
 
 # ------------------------------------------------------------------ CLI/GLB
