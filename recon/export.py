@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from scipy.spatial import cKDTree
 
-from recon.surface import decimate_textured
-from recon.texture import TexturedMesh
+from recon.normal_map import transfer_normal_map
+from recon.surface import decimate
+from recon.texture import TexturedMesh, transfer_base_colour
 
 
 def normalise_for_engine(vertices: np.ndarray, height: float = 1.0) -> np.ndarray:
@@ -56,17 +56,24 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def lod_chain(asset: TexturedMesh, lods: int) -> list[TexturedMesh]:
-    """LOD0 is ``asset``; LOD i keeps 1 / 2**i of its faces and shares its texture."""
+    """LOD0 is ``asset``; LOD i has about 1 / 2**i of its faces and LOD0's bounding box.
+
+    Each level decimates the seam-free surface and gets a UV layout of its own, onto which
+    LOD0's textures are baked. Decimated along LOD0's own layout, every seam would be a
+    boundary no collapse may cross, and a fragmented surface is seams nearly everywhere:
+    on the reconstructed globe, LOD1 and LOD2 both kept 99 % of LOD0's faces.
+    """
     if lods < 1:
         raise ValueError(f"lods must be at least 1, got {lods}")
     chain = [asset]
-    # decimation leaves every surviving vertex where it was, so its normal is found by position
-    by_position = cKDTree(asset.vertices)
+    coarse = asset.seam_free_surface()
     for level in range(1, lods):
-        target = max(len(asset.faces) // 2**level, 64)
-        vertices, faces, uv = decimate_textured(asset.vertices, asset.faces, asset.uv, target)
-        kept = by_position.query(vertices)[1]
-        chain.append(replace(asset, vertices=vertices, faces=faces, uv=uv, normals=asset.normals[kept]))
+        # each level from the one before: half the faces to collapse, for the same result
+        coarse = decimate(coarse, max(len(asset.faces) // 2**level, 64), keep_bounds=True)
+        lod = transfer_base_colour(asset, coarse)
+        if asset.normal_texture is not None:
+            lod = replace(lod, normal_texture=transfer_normal_map(asset, lod))
+        chain.append(lod)
     return chain
 
 

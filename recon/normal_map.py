@@ -16,11 +16,10 @@ maps; where MikkTSpace splits a vertex's tangent between faces, the two may diff
 from __future__ import annotations
 
 import numpy as np
-import open3d as o3d
 import trimesh
 
-from recon.render import MeshRenderer, barycentric_weights
-from recon.texture import TexturedMesh, texel_surface
+from recon.render import sample_texture
+from recon.texture import TexelSurface, TexturedMesh, texel_surface
 
 
 def vertex_tangents(
@@ -48,25 +47,41 @@ def vertex_tangents(
 def bake_normal_map(asset: TexturedMesh, dense: trimesh.Trimesh, texture_size: int | None = None) -> np.ndarray:
     """A tangent-space normal map (H, W, 3) in 0..1 for ``asset`` from the ``dense`` surface.
 
-    Each texel takes the smooth normal of the nearest point of ``dense`` (open3d's closest-
-    point query), expressed in the frame interpolated from ``asset``'s vertex normals and
-    tangents. Gutters take their nearest texel's value, as the base colour does.
+    Each texel takes the smooth normal of the nearest point of ``dense``, expressed in the
+    frame interpolated from ``asset``'s vertex normals and tangents. Gutters take their
+    nearest texel's value, as the base colour does.
     """
     size = texture_size or asset.texture.shape[0]
     texels = texel_surface(asset.vertices, asset.faces, asset.uv, size)
-    points = texels.interpolate(asset.vertices).astype(np.float32)
+    on_dense = texels.nearest_on(dense, texels.interpolate(asset.vertices))
+    return _in_tangent_space(asset, texels, _unit(on_dense.interpolate(np.asarray(dense.vertex_normals))))
+
+
+def transfer_normal_map(source: TexturedMesh, target: TexturedMesh) -> np.ndarray:
+    """``source``'s normal map baked for ``target``, a simplified copy with UVs of its own
+    (a LOD): each texel takes the normal that ``source``'s map gives the nearest point of
+    ``source``, carried from ``source``'s tangent frame into ``target``'s."""
+    texels = texel_surface(target.vertices, target.faces, target.uv, source.normal_texture.shape[0])
+    on_source = texels.nearest_on(source.cut_surface(), texels.interpolate(target.vertices))
+    encoded = sample_texture(source.normal_texture, on_source.interpolate(source.uv)) * 2 - 1
+    frame = _tangent_frames(source, on_source)
+    detail = sum(encoded[:, axis:axis + 1] * frame[axis] for axis in range(3))
+    return _in_tangent_space(target, texels, _unit(detail))
+
+
+def _tangent_frames(asset: TexturedMesh, texels: TexelSurface) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit tangent, bitangent and normal of ``asset`` at every texel of ``texels``."""
     tangents, signs = vertex_tangents(asset.vertices, asset.faces, asset.uv, asset.normals)
     normal = _unit(texels.interpolate(asset.normals))
     tangent = _unit(texels.interpolate(tangents))
     tangent = _unit(tangent - normal * (tangent * normal).sum(axis=1, keepdims=True))
     bitangent = np.cross(normal, tangent) * np.sign(texels.interpolate(signs[:, None]))
+    return tangent, bitangent, normal
 
-    closest = MeshRenderer(dense).scene.compute_closest_points(o3d.core.Tensor(points))
-    face = closest["primitive_ids"].numpy().astype(np.int64)
-    weights = barycentric_weights(closest["primitive_uvs"].numpy())
-    detail = _unit((np.asarray(dense.vertex_normals)[np.asarray(dense.faces)[face]] * weights[..., None]).sum(axis=1))
 
-    in_tangent_space = np.stack([(detail * axis).sum(axis=1) for axis in (tangent, bitangent, normal)], axis=1)
+def _in_tangent_space(asset: TexturedMesh, texels: TexelSurface, detail: np.ndarray) -> np.ndarray:
+    """A normal map of ``asset``'s texels from unit ``detail`` normals (N, 3) at them."""
+    in_tangent_space = np.stack([(detail * axis).sum(axis=1) for axis in _tangent_frames(asset, texels)], axis=1)
     # a detail normal facing away from the low-poly surface would shade it from behind
     in_tangent_space[:, 2] = np.maximum(in_tangent_space[:, 2], 0.05)
     encoded = (_unit(in_tangent_space) + 1) / 2

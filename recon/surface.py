@@ -115,34 +115,3 @@ def _collapse(
         selected=keep_bounds,
     )
     return meshset
-
-
-@_one_at_a_time
-def decimate_textured(
-    vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, target_faces: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decimate a UV-mapped mesh so its UVs stay valid for the same texture (for LODs).
-
-    The unwrapped mesh has its vertices split along chart seams, so every seam is a mesh
-    boundary: quadric collapse with boundaries preserved and without optimal placement
-    keeps each surviving vertex's own position and UV, and no chart can crack open.
-    The faces around the vertices that span the bounding box stay as they are, so every
-    level keeps the first level's bounds: the pivot and the height the export normalised
-    to do not jump between levels.
-    """
-    extremes = np.concatenate([np.flatnonzero(vertices[:, axis] == bound)
-                               for axis in range(3) for bound in (vertices[:, axis].min(), vertices[:, axis].max())])
-    free = ~np.isin(faces, extremes).any(axis=1)
-    meshset = pymeshlab.MeshSet()
-    meshset.add_mesh(pymeshlab.Mesh(vertices.astype(np.float64), faces.astype(np.int32), v_tex_coords_matrix=uv,
-                                    f_scalar_array=free.astype(np.float64)))
-    meshset.compute_selection_by_condition_per_face(condselect="fq > 0")
-    # autoclean would merge the copies of each seam vertex (same position, other UV) and
-    # stretch the faces along every seam across the atlas; only unused vertices go
-    meshset.meshing_decimation_quadric_edge_collapse(
-        targetfacenum=int(target_faces), qualitythr=0.3, preserveboundary=True, boundaryweight=2.0,
-        preservenormal=True, optimalplacement=False, planarquadric=True, autoclean=False, selected=True,
-    )
-    meshset.meshing_remove_unreferenced_vertices()
-    current = meshset.current_mesh()
-    return current.vertex_matrix(), current.face_matrix().astype(np.int64), current.vertex_tex_coord_matrix()

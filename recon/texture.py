@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import open3d as o3d
 import trimesh
 import xatlas
 from PIL import Image
@@ -12,7 +13,7 @@ from scipy import ndimage
 
 from recon.camera import PinholeCamera
 from recon.geometry import sample_views, signed_distance
-from recon.render import MeshRenderer, barycentric_weights
+from recon.render import MeshRenderer, barycentric_weights, sample_texture
 
 
 @dataclass
@@ -36,6 +37,16 @@ class TexturedMesh:
     def normal_texture_image(self) -> Image.Image | None:
         """The tangent-space normal map, if one was baked (``recon.normal_map``)."""
         return None if self.normal_texture is None else _to_image(self.normal_texture)
+
+    def cut_surface(self) -> trimesh.Trimesh:
+        """The mesh as it is stored: cut along the UV seams."""
+        return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
+    def seam_free_surface(self) -> trimesh.Trimesh:
+        """The surface before it was cut along UV seams: the copies of each seam vertex,
+        which share its position, welded back into one."""
+        positions, welded = np.unique(self.vertices, axis=0, return_inverse=True)
+        return trimesh.Trimesh(positions, welded.reshape(-1)[self.faces], process=False)
 
 
 def _to_image(texture: np.ndarray) -> Image.Image:
@@ -136,6 +147,21 @@ def bake_base_colour(
     return TexturedMesh(vertices, faces, uv, texels.fill(colour, seen), vertex_normals)
 
 
+def transfer_base_colour(source: TexturedMesh, mesh: trimesh.Trimesh) -> TexturedMesh:
+    """Unwrap ``mesh``, a simplified copy of ``source`` (a LOD), and bake ``source``'s base
+    colour onto it at the same texture size: each texel takes the colour of the nearest
+    point of ``source``. Resampling once costs a little sharpness; sharing ``source``'s
+    UV layout instead would forbid every collapse across a chart seam."""
+    size = source.texture.shape[0]
+    vertex_of, faces, uv = unwrap(mesh, size)
+    vertices = np.asarray(mesh.vertices)[vertex_of]
+    texels = texel_surface(vertices, faces, uv, size)
+    on_source = texels.nearest_on(source.cut_surface(), texels.interpolate(vertices))
+    colour = sample_texture(source.texture, on_source.interpolate(source.uv))
+    texture = texels.fill(colour, np.ones(len(colour), bool))
+    return TexturedMesh(vertices, faces, uv, texture, _seam_free_normals(mesh, vertex_of, faces))
+
+
 def _seam_free_normals(mesh: trimesh.Trimesh, vertex_of: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Unit normals of the unwrapped vertices, taken from the surface before it was cut, so
     the copies along a seam share one. Where a vertex's faces cancel out (two caps touching
@@ -162,6 +188,14 @@ class TexelSurface:
     def interpolate(self, per_vertex: np.ndarray) -> np.ndarray:
         """A per-vertex quantity (V, C) at every covered texel (N, C)."""
         return (per_vertex[self.corners] * self.weights[..., None]).sum(axis=1)
+
+    def nearest_on(self, mesh: trimesh.Trimesh, points: np.ndarray) -> TexelSurface:
+        """The same texels, whose ``points`` these are, moved to the nearest points of
+        another ``mesh`` (open3d's closest-point query), so that per-vertex quantities of
+        ``mesh`` interpolate at them."""
+        closest = MeshRenderer(mesh).scene.compute_closest_points(o3d.core.Tensor(np.asarray(points, np.float32)))
+        faces = np.asarray(mesh.faces)[closest["primitive_ids"].numpy().astype(np.int64)]
+        return TexelSurface(self.covered, faces, barycentric_weights(closest["primitive_uvs"].numpy()))
 
     def fill(self, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """A texture (H, W, C) of the covered texels' ``values`` where ``valid``; every other
