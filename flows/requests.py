@@ -32,6 +32,8 @@ class AssetOptions(BaseModel):
     conditioning_scale: float = Field(1.0, ge=0.0, le=2.0, description="depth ControlNet strength")
     target_faces: int = Field(20000, ge=100, description="faces of a reconstructed LOD0")
     texture_size: int = Field(1024, ge=64, le=8192)
+    normal_map: bool = Field(False, description="also bake a tangent-space normal map of the dense surface's detail "
+                                                "(reconstruction only)")
     lods: int = Field(3, ge=1, le=6, description="LOD0 plus halvings of the face count")
     height: float = Field(1.0, gt=0, description="height in metres of a reconstructed asset")
     preview_size: int = Field(256, ge=32, le=1024, description="tile side of the contact sheet and turntable")

@@ -211,14 +211,15 @@ def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: flo
 
 @task(name="reconstruct", **STAGE)
 def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
-                      lods: int, height: float) -> dict:
+                      lods: int, height: float, normal_map: bool = False) -> dict:
     from stages.reconstruct import reconstruct_views
 
     target, started = store(), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         grid = Path(scratch) / "grid.png"
         grid.write_bytes(target.get(grid_key))
-        mesh = reconstruct_views(grid, version, target_faces=target_faces, texture_size=texture_size)
+        mesh = reconstruct_views(grid, version, target_faces=target_faces, texture_size=texture_size,
+                                 normal_map=normal_map)
     return _export(target, asset, mesh, lods, height, started, texture_size)
 
 

@@ -3,6 +3,7 @@ through a real TCP proxy that can drop connections."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -155,6 +156,41 @@ def test_text_to_3d_stores_each_finished_stage_and_resumes_from_them(s3):
     states = _states(second)
     assert states["text-to-image"] == states["cutout"] == states["six-views"] == "Cached", states
     assert states["reconstruct"] == "Failed" and "manifest" not in states
+
+
+def test_the_normal_map_option_reaches_the_reconstruct_stage_and_its_glbs(s3, inputs, tmp_path):
+    """``normal_map`` is a request option like ``texture_size``: recorded in the request
+    (so in the manifest and the asset id), and the reconstruct stage, run on six rendered
+    views of a capsule, stores GLBs that carry a normal texture at every level."""
+    from flows.requests import AssetOptions, ImageTo3DRequest, request_asset_id
+    from flows.tasks import key_of, reconstruct_stage
+    from recon.render import MeshRenderer
+    from stages.reconstruct import to_pinhole
+    from zero123pp import join_views, view_cameras
+
+    plain, mapped = (ImageTo3DRequest(image=str(inputs["image"]), options=AssetOptions(**FAST, normal_map=flag))
+                     for flag in (False, True))
+    assert mapped.model_dump()["options"]["normal_map"] is True
+    assert request_asset_id(mapped) != request_asset_id(plain)
+
+    capsule = trimesh.creation.capsule(height=0.9, radius=0.35, count=[48, 48])
+    capsule.visual = trimesh.visual.ColorVisuals(capsule, vertex_colors=np.round(
+        255 * (0.5 + 0.4 * np.sin(4 * capsule.vertices))).astype(np.uint8))
+    renderer = MeshRenderer(capsule)
+    grid = join_views([renderer.render(to_pinhole(camera)).rgba((0.5, 0.5, 0.5))
+                       for camera in view_cameras("v1.2", 160)])
+    png = io.BytesIO()
+    grid.save(png, format="PNG")
+    asset = request_asset_id(mapped)
+    grid_key = f"{asset}/views/grid.png"
+    s3.store.put(grid_key, png.getvalue())
+    result = reconstruct_stage(asset=asset, grid_key=grid_key, version="v1.2", target_faces=2000, texture_size=64,
+                               lods=2, height=1.0, normal_map=True)
+    assert result["details"]["validator"] == "passed"
+    for name in ("asset", "asset_LOD1"):
+        glb = tmp_path / f"{name}.glb"
+        glb.write_bytes(s3.store.get(key_of(result, name, asset)))
+        assert trimesh.load(glb, force="mesh").visual.material.normalTexture.size == (64, 64)
 
 
 def test_a_dropped_s3_connection_is_retried_and_the_flow_completes(s3, inputs):
