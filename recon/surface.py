@@ -85,11 +85,14 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int, keep_bounds: bool = False
     ``keep_bounds`` (for LODs): surviving vertices stay where they were and the faces at
     the vertices that span the bounding box are kept, so every level has the bounds of the
     first, and the pivot and the height the export normalised to do not jump between levels.
+    LODs do not keep topology: kept, the 5,000-face LOD2 of the reconstructed globe rendered
+    at 25-27 dB PSNR against LOD0 (silhouette IoU 0.98) instead of 31-35 dB (0.995), the
+    mug's at 24-28 dB instead of 26-31 dB.
     """
     if len(mesh.faces) <= target_faces:
         return mesh
     handles = max(0, mesh.body_count - mesh.euler_number // 2)  # summed genus of closed components
-    if 4 * handles <= HANDLE_SHARE * target_faces:
+    if not keep_bounds and 4 * handles <= HANDLE_SHARE * target_faces:
         kept = _collapse(mesh, target_faces, keep_bounds, preserve_topology=True)
         if kept.current_mesh().face_number() <= target_faces:
             return _from_meshset(kept)
@@ -107,6 +110,9 @@ def _collapse(
         free = ~np.isin(faces, extremes).any(axis=1)
         meshset.add_mesh(pymeshlab.Mesh(vertices, faces, f_scalar_array=free.astype(np.float64)))
         meshset.compute_selection_by_condition_per_face(condselect="fq > 0")
+        # the collapse counts only the selected faces towards its target: the kept ones are
+        # taken off, or every level comes out that many faces over budget
+        target_faces = max(target_faces - int((~free).sum()), 1)
     else:
         meshset.add_mesh(pymeshlab.Mesh(vertices, faces))
     meshset.meshing_decimation_quadric_edge_collapse(
