@@ -6,8 +6,10 @@ u2netp cutout on CPU; prints JSON.
     python bench/front_stages.py --device cpu       # CPU: u2netp + cutout post-processing only
 
 Random weights run exactly the arithmetic of the real ones, so the timings are the real
-models' timings. The u2netp part uses the real model file (../shared/data/u2netp.onnx or
-``--u2netp``) on the real inputs in ../shared/data/inputs.
+models' timings. FLOPs are counted by FlopCounterMode on each model's warm-up run, and the
+fraction of peak compares with the device's bf16 matrix-product rate measured in the same
+run (``bench/measure.py``). The u2netp part uses the real model file
+(../shared/data/u2netp.onnx or ``--u2netp``) on the real inputs in ../shared/data/inputs.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import measure, peak_matmul_tflops  # noqa: E402
 from stages.cutout import coarse_foreground, refine_alpha, reframe  # noqa: E402
 from stages.image_input import open_image  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+CLIP_VOCABULARY = 49408  # the real text encoders' embedding rows (the stand-in tokenizer uses fewer)
 
 
 def build_sdxl(dtype: torch.dtype, device: str):
@@ -53,7 +57,7 @@ def build_sdxl(dtype: torch.dtype, device: str):
             sample_size=1024, scaling_factor=0.13025, force_upcast=False,
         )
         tokenizer, tokenizer_2 = prompt_tokenizer(), prompt_tokenizer()
-        common = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=1)
+        common = dict(vocab_size=CLIP_VOCABULARY, max_position_embeddings=77, bos_token_id=0, eos_token_id=1)
         text_encoder = CLIPTextModel(CLIPTextConfig(
             hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
             hidden_act="quick_gelu", projection_dim=768, **common))
@@ -67,58 +71,39 @@ def build_sdxl(dtype: torch.dtype, device: str):
     return pipeline.to(dtype=dtype)
 
 
-def time_on_cuda(run, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` synchronised runs after one warm-up run (kernel
-    selection, compilation); peak-memory statistics restart after the warm-up."""
-    run()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def bench_sdxl(device: str, dtype: torch.dtype, steps: int, compile_unet: bool) -> dict:
-    pipeline = build_sdxl(dtype, device)
-    if compile_unet:
-        pipeline.unet.to(memory_format=torch.channels_last)
-        pipeline.unet = torch.compile(pipeline.unet, mode="max-autotune-no-cudagraphs")
-    run = lambda: pipeline("a brass lantern", num_inference_steps=steps, guidance_scale=5.0,  # noqa: E731
-                           width=1024, height=1024, generator=torch.Generator().manual_seed(0))
-    seconds = time_on_cuda(run, repeats=3)
-    # SDXL's compute floor for 30 steps with guidance: about 406 TFLOP (issue 4).
-    floor_tflop = 406.0 * steps / 30
-    best = min(seconds)
-    return {
-        "model": "sdxl-base-1.0 architecture, random weights", "size": "1024x1024", "steps": steps,
-        "dtype": str(dtype), "compile": compile_unet, "seconds_per_image": round(best, 3),
-        "seconds_all": [round(s, 3) for s in seconds], "tflop_per_s": round(floor_tflop / best, 1),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-    }
-
-
-def bench_sam(device: str, dtype: torch.dtype) -> dict:
+def build_sam(dtype: torch.dtype, device: str | torch.device):
+    """SAM ViT-H's architecture (image encoder 32 layers of width 1280), random weights."""
     from transformers import SamConfig, SamModel, SamVisionConfig
 
     with torch.device(device):
         model = SamModel(SamConfig(vision_config=SamVisionConfig(
             hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31],
-        ).to_dict())).to(dtype).eval()
-    pixels = torch.randn(1, 3, 1024, 1024, device=device, dtype=dtype)
-    boxes = torch.tensor([[[200.0, 150.0, 800.0, 900.0]]], device=device)
+        ).to_dict()))
+    return model.to(dtype).eval()
+
+
+def sdxl_row(pipeline, device: torch.device, steps: int, size: int, repeats: int, flops: float | None = None) -> dict:
+    """One text-to-image generation with guidance, timed after a warm-up that counts its FLOPs."""
+    run = lambda: pipeline("a brass lantern", num_inference_steps=steps, guidance_scale=5.0,  # noqa: E731
+                           width=size, height=size, generator=torch.Generator().manual_seed(0))
+    return {"size": f"{size}x{size}", "steps": steps, "dtype": str(pipeline.unet.dtype).removeprefix("torch."),
+            **measure(run, device, repeats, flops)}
+
+
+def sam_row(model, device: torch.device, repeats: int) -> dict:
+    """SAM on one image with a box prompt and three candidate masks, the cutout stage's call."""
+    side = model.config.vision_config.image_size
+    # Inference needs no gradients; without this the prompt encoder's returned embedding
+    # weights (leaf tensors that require grad) trip FlopCounterMode's module tracker.
+    model.requires_grad_(False)
+    pixels = torch.randn(1, 3, side, side, device=device, dtype=model.dtype)
+    boxes = torch.tensor([[[0.2 * side, 0.15 * side, 0.8 * side, 0.9 * side]]], device=device)
 
     def run() -> None:
         with torch.no_grad():
             model(pixel_values=pixels, input_boxes=boxes, multimask_output=True)
 
-    seconds = time_on_cuda(run, repeats=5)
-    return {"model": "sam-vit-huge architecture, random weights", "dtype": str(dtype),
-            "seconds_per_image": round(min(seconds), 4),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    return {"size": f"{side}x{side}", "dtype": str(model.dtype).removeprefix("torch."), **measure(run, device, repeats)}
 
 
 def bench_u2net_cutout(model_file: Path, repeats: int) -> dict:
@@ -156,10 +141,25 @@ def main() -> None:
     args = parser.parse_args()
 
     report: dict = {"machine": platform.node(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if args.device.startswith("cuda"):
-        report["gpu"] = torch.cuda.get_device_name()
-        report["sdxl"] = bench_sdxl(args.device, torch.bfloat16, args.steps, args.compile)
-        report["sam"] = bench_sam(args.device, torch.bfloat16)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+        peak = peak_matmul_tflops(device, torch.bfloat16, sizes=(4096, 8192, 16384))
+        report["peak_matmul"] = peak
+        pipeline = build_sdxl(torch.bfloat16, device)
+        rows = [{"compile": False, **sdxl_row(pipeline, device, args.steps, 1024, repeats=3)}]
+        if args.compile:
+            pipeline.unet.to(memory_format=torch.channels_last)
+            pipeline.unet = torch.compile(pipeline.unet, mode="max-autotune-no-cudagraphs")
+            rows.append({"compile": True, **sdxl_row(pipeline, device, args.steps, 1024, repeats=3,
+                                                     flops=rows[0]["tflop"] * 1e12)})
+        for row in rows:
+            row["fraction_of_peak"] = round(row["achieved_tflops"] / peak["tflops"], 4)
+        report["sdxl"] = {"model": "sdxl-base-1.0 architecture, random weights", "runs": rows}
+        del pipeline
+        torch.cuda.empty_cache()
+        report["sam"] = {"model": "sam-vit-huge architecture, random weights",
+                         **sam_row(build_sam(torch.bfloat16, device), device, repeats=5)}
     if args.u2netp.is_file():
         report["cutout_cpu"] = bench_u2net_cutout(args.u2netp, args.repeats)
     else:
