@@ -55,24 +55,32 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def lod_chain(asset: TexturedMesh, lods: int) -> list[TexturedMesh]:
-    """LOD0 is ``asset``; LOD i has about 1 / 2**i of its faces and LOD0's bounding box.
+def lod_chain(asset: TexturedMesh, lods: int, min_texture_size: int = 128) -> list[TexturedMesh]:
+    """LOD0 is ``asset``; LOD i has about 1 / 2**i of its faces, LOD0's bounding box and
+    textures 1 / 2**i its texture size, as is common: an engine shows a coarse level from
+    far away, where mip-mapping samples coarser texels anyway. Full-size textures on every
+    level made the chain of the 20k-face cow nearly four times as slow (4.5 instead of 1.2
+    CPU seconds).
 
     Each level decimates the seam-free surface and gets a UV layout of its own, onto which
     LOD0's textures are baked. Decimated along LOD0's own layout, every seam would be a
     boundary no collapse may cross, and a fragmented surface is seams nearly everywhere:
-    on the reconstructed globe, LOD1 and LOD2 both kept 99 % of LOD0's faces.
+    on the reconstructed globe, LOD1 and LOD2 both kept 99 % of LOD0's faces. Textures stay
+    at least ``min_texture_size``: a coarse level of a fragmented surface still has hundreds
+    of charts (the 372-face LOD2 of a foam ball: 207), which 64 px leave about 16 texels
+    each; that LOD2 rendered at 24 dB PSNR against LOD0, and at 39 dB with 128 px.
     """
     if lods < 1:
         raise ValueError(f"lods must be at least 1, got {lods}")
     chain = [asset]
     coarse = asset.seam_free_surface()
+    size = asset.texture.shape[0]
     for level in range(1, lods):
         # each level from the one before: half the faces to collapse, for the same result
         coarse = decimate(coarse, max(len(asset.faces) // 2**level, 64), keep_bounds=True)
-        lod = transfer_base_colour(asset, coarse)
+        lod, resampling = transfer_base_colour(asset, coarse, min(size, max(size >> level, min_texture_size)))
         if asset.normal_texture is not None:
-            lod = replace(lod, normal_texture=transfer_normal_map(asset, lod))
+            lod = replace(lod, normal_texture=transfer_normal_map(asset, lod, resampling))
         chain.append(lod)
     return chain
 

@@ -19,7 +19,7 @@ import numpy as np
 import trimesh
 
 from recon.render import sample_texture
-from recon.texture import TexelSurface, TexturedMesh, texel_surface
+from recon.texture import Resampling, TexelSurface, TexturedMesh, texel_surface
 
 
 def vertex_tangents(
@@ -57,16 +57,15 @@ def bake_normal_map(asset: TexturedMesh, dense: trimesh.Trimesh, texture_size: i
     return _in_tangent_space(asset, texels, _unit(on_dense.interpolate(np.asarray(dense.vertex_normals))))
 
 
-def transfer_normal_map(source: TexturedMesh, target: TexturedMesh) -> np.ndarray:
+def transfer_normal_map(source: TexturedMesh, target: TexturedMesh, resampling: Resampling) -> np.ndarray:
     """``source``'s normal map baked for ``target``, a simplified copy with UVs of its own
-    (a LOD): each texel takes the normal that ``source``'s map gives the nearest point of
-    ``source``, carried from ``source``'s tangent frame into ``target``'s."""
-    texels = texel_surface(target.vertices, target.faces, target.uv, source.normal_texture.shape[0])
-    on_source = texels.nearest_on(source.cut_surface(), texels.interpolate(target.vertices))
-    encoded = sample_texture(source.normal_texture, on_source.interpolate(source.uv)) * 2 - 1
-    frame = _tangent_frames(source, on_source)
+    (a LOD), at ``target``'s texels in ``resampling`` (``transfer_base_colour``): each texel
+    takes the normal that ``source``'s map gives the nearest point of ``source``, carried
+    from ``source``'s tangent frame into ``target``'s."""
+    encoded = sample_texture(source.normal_texture, resampling.source_uv) * 2 - 1
+    frame = _tangent_frames(source, resampling.on_source)
     detail = sum(encoded[:, axis:axis + 1] * frame[axis] for axis in range(3))
-    return _in_tangent_space(target, texels, _unit(detail))
+    return _in_tangent_space(target, resampling.texels, _unit(detail))
 
 
 def _tangent_frames(asset: TexturedMesh, texels: TexelSurface) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

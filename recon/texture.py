@@ -147,19 +147,33 @@ def bake_base_colour(
     return TexturedMesh(vertices, faces, uv, texels.fill(colour, seen), vertex_normals)
 
 
-def transfer_base_colour(source: TexturedMesh, mesh: trimesh.Trimesh) -> TexturedMesh:
+@dataclass
+class Resampling:
+    """Where a simplified copy of a mesh (a LOD) finds its source's textures: the copy's
+    covered ``texels``, the nearest point of the source to each (``on_source``) and the
+    source's UV there (``source_uv``). One closest-point query serves every texture."""
+
+    texels: TexelSurface
+    on_source: TexelSurface
+    source_uv: np.ndarray
+
+
+def transfer_base_colour(
+    source: TexturedMesh, mesh: trimesh.Trimesh, texture_size: int
+) -> tuple[TexturedMesh, Resampling]:
     """Unwrap ``mesh``, a simplified copy of ``source`` (a LOD), and bake ``source``'s base
-    colour onto it at the same texture size: each texel takes the colour of the nearest
-    point of ``source``. Resampling once costs a little sharpness; sharing ``source``'s
-    UV layout instead would forbid every collapse across a chart seam."""
-    size = source.texture.shape[0]
-    vertex_of, faces, uv = unwrap(mesh, size)
+    colour onto it at ``texture_size``: each texel takes the colour of the nearest point of
+    ``source``. Resampling once costs a little sharpness; sharing ``source``'s UV layout
+    instead would forbid every collapse across a chart seam. The ``Resampling`` is returned
+    for ``source``'s other textures (``recon.normal_map.transfer_normal_map``)."""
+    vertex_of, faces, uv = unwrap(mesh, texture_size)
     vertices = np.asarray(mesh.vertices)[vertex_of]
-    texels = texel_surface(vertices, faces, uv, size)
+    texels = texel_surface(vertices, faces, uv, texture_size)
     on_source = texels.nearest_on(source.cut_surface(), texels.interpolate(vertices))
-    colour = sample_texture(source.texture, on_source.interpolate(source.uv))
+    resampling = Resampling(texels, on_source, on_source.interpolate(source.uv))
+    colour = sample_texture(source.texture, resampling.source_uv)
     texture = texels.fill(colour, np.ones(len(colour), bool))
-    return TexturedMesh(vertices, faces, uv, texture, _seam_free_normals(mesh, vertex_of, faces))
+    return TexturedMesh(vertices, faces, uv, texture, _seam_free_normals(mesh, vertex_of, faces)), resampling
 
 
 def _seam_free_normals(mesh: trimesh.Trimesh, vertex_of: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -187,7 +201,8 @@ class TexelSurface:
 
     def interpolate(self, per_vertex: np.ndarray) -> np.ndarray:
         """A per-vertex quantity (V, C) at every covered texel (N, C)."""
-        return (per_vertex[self.corners] * self.weights[..., None]).sum(axis=1)
+        # einsum: summing the (N, 3, C) product over its short middle axis is ~6x slower
+        return np.einsum("nkc,nk->nc", per_vertex[self.corners], self.weights)
 
     def nearest_on(self, mesh: trimesh.Trimesh, points: np.ndarray) -> TexelSurface:
         """The same texels, whose ``points`` these are, moved to the nearest points of

@@ -337,8 +337,10 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
                  "--texture-size", "512", "--lods", "3", "--export-nerfstudio", str(tmp_path / "ns"), "--normal-map"])
     assert code == 0
     files = [output] + [tmp_path / f"asset_LOD{level}.glb" for level in range(3)]
+    # each level's textures at half the size of the level before, as mip-mapping shows them
+    texture_sizes = [512, 512, 256, 128]
     faces = []
-    for path in files:
+    for path, texture_size in zip(files, texture_sizes):
         report = validate_glb(path)
         assert report["issues"]["numErrors"] == 0, report["issues"]["messages"]
         scene = trimesh.load(path)
@@ -351,8 +353,8 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
         assert low[1] == pytest.approx(0.0, abs=tolerance) and high[1] - low[1] == pytest.approx(1.0, abs=tolerance)
         assert abs(low[0] + high[0]) < tolerance and abs(low[2] + high[2]) < tolerance
         assert isinstance(mesh.visual, trimesh.visual.TextureVisuals)
-        assert mesh.visual.material.baseColorTexture.size == (512, 512)
-        assert mesh.visual.material.normalTexture.size == (512, 512)
+        assert mesh.visual.material.baseColorTexture.size == (texture_size, texture_size)
+        assert mesh.visual.material.normalTexture.size == (texture_size, texture_size)
         # smooth normals are stored (viewers shade a GLB without them flat), one per position:
         # the copies of a vertex along a UV seam share it, so no seam shows in the shading
         positions, normals = glb_attribute(path, "POSITION"), glb_attribute(path, "NORMAL")
