@@ -101,10 +101,6 @@ SMOKE = replace(FULL, zero123pp_steps=(1, 2), zero123pp_batches=(1, 2), zero123p
                 lods=1, recon_warmup=False, compile_min_seconds=20.0)
 
 
-class Interrupted(BaseException):
-    """SIGTERM (the wrapper's time limit): stop at once, record it, keep what was measured."""
-
-
 class Suite:
     """The run's options, clock, checkpoints and report; writes the JSON after every row."""
 
@@ -670,10 +666,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     suite = Suite(args)
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signum}")
+    def stop(signum: int, frame: Any) -> None:
+        """SIGTERM (the wrapper's time limit): record it and exit at once. Not an exception:
+        library code on the way up may catch everything and carry on."""
+        suite.report["interrupted"] = f"signal {signum} after {time.perf_counter() - suite.started:.0f} s"
+        suite.log(f"interrupted: {suite.report['interrupted']}")
+        suite.write()
+        shutil.rmtree(suite.scratch, ignore_errors=True)
+        os._exit(3)
 
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, stop)
     suite.log(f"device {suite.report['environment'].get('gpu', args.device)}, {args.dtype}, "
               f"{'smoke' if args.smoke else 'full'} plan; writing {args.out}; scratch {suite.scratch}")
     try:
@@ -684,8 +686,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.only and name not in args.only:
                 continue
             suite.section(name, run)
-    except (Interrupted, KeyboardInterrupt) as stop:
-        suite.report["interrupted"] = f"{type(stop).__name__} {stop} after {time.perf_counter() - suite.started:.0f} s"
+    except KeyboardInterrupt:
+        suite.report["interrupted"] = f"KeyboardInterrupt after {time.perf_counter() - suite.started:.0f} s"
         suite.log(f"interrupted: {suite.report['interrupted']}")
     finally:
         suite.report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

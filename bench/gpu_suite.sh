@@ -41,4 +41,8 @@ if [ ${#log[@]} -gt 0 ]; then
 else
   timeout --signal=TERM --kill-after=20 "$LIMIT" "$PYTHON" -u bench/gpu_suite.py "$@" || status=$?
 fi
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  echo "gpu_suite: the driver reached its ${LIMIT} s limit; the JSON holds every row measured before it" >&2
+  exit 3
+fi
 exit $status
