@@ -8,7 +8,7 @@ renamed into place, so a failure never leaves a half-written GLB.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,7 +45,8 @@ def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0
 
 def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    scratch = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
+    handle = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mkstemp's 0600 ignores the umask
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,8 @@ def export_nerfstudio(images: list[np.ndarray], cameras: list[PinholeCamera], fo
     """Write ``images/``, ``masks/`` and ``transforms.json`` into ``folder`` (replaced whole)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    scratch = folder.parent / f".{folder.name}.partial-{secrets.token_hex(6)}"
+    scratch.mkdir(mode=0o777)  # mkdtemp's 0700 would stay with the folder; outputs follow the umask
     try:
         (scratch / "images").mkdir()
         (scratch / "masks").mkdir()
