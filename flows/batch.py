@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from flows.assets import read_manifest, slugify
 from flows.plans import plan_for
-from flows.requests import AssetOptions, AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest, request_asset_id
+from flows.requests import (AssetOptions, AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest,
+                            request_asset_id, validation_reasons)
 from flows.runner import Job, Outcome, make_task_runner, run_jobs
 from flows.store import read_input
 from flows.tasks import settings, store
@@ -66,8 +67,7 @@ def row_request(row: dict[str, Any], defaults: dict[str, Any]) -> AssetRequest:
     try:
         return kind.model_validate({**fields, "options": options})
     except ValidationError as error:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in error.errors())
-        raise ValueError(reasons) from None
+        raise ValueError(validation_reasons(error)) from None
 
 
 def _outcome_row(number: int, outcome: Outcome) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flows.assets import asset_id
+from stages.bounds import Faces, Height, ImageSize, Lods, Steps, TextureSize
 
 
 class AssetOptions(BaseModel):
@@ -23,19 +24,19 @@ class AssetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_model: str = Field("sdxl-base", description="sdxl-base, sdxl-turbo or sdxl-lightning (prompts only)")
-    image_steps: int | None = Field(None, ge=1, description="SDXL steps; default: the model's preset")
-    image_size: int | None = Field(None, ge=64, description="SDXL image side; default: the model's preset")
+    image_steps: Steps | None = Field(None, description="SDXL steps; default: the model's preset")
+    image_size: ImageSize | None = Field(None, description="SDXL image side; default: the model's preset")
     segmenter: Literal["sam", "u2net"] = "sam"
     version: Literal["v1.2", "v1.1"] | None = Field(
         None, description="Zero123++ version; default v1.2, or v1.1 with depth control (the ControlNet's version)")
-    view_steps: int = Field(28, ge=1, description="Zero123++ denoising steps (75-100 for fine detail)")
+    view_steps: Steps = Field(28, description="Zero123++ denoising steps (75-100 for fine detail)")
     conditioning_scale: float = Field(1.0, ge=0.0, le=2.0, description="depth ControlNet strength")
-    target_faces: int = Field(20000, ge=100, description="faces of a reconstructed LOD0")
-    texture_size: int = Field(1024, ge=64, le=8192)
+    target_faces: Faces = Field(20000, description="faces of a reconstructed LOD0")
+    texture_size: TextureSize = Field(1024, description="side of the base-colour texture: a power of two")
     normal_map: bool = Field(False, description="also bake a tangent-space normal map of the dense surface's detail "
                                                 "(reconstruction only)")
-    lods: int = Field(3, ge=1, le=6, description="LOD0 plus halvings of the face count")
-    height: float = Field(1.0, gt=0, description="height in metres of a reconstructed asset")
+    lods: Lods = Field(3, description="LOD0 plus halvings of the face count")
+    height: Height = Field(1.0, description="height in metres of a reconstructed asset")
     preview_size: int = Field(256, ge=32, le=1024, description="tile side of the contact sheet and turntable")
 
 
@@ -86,6 +87,18 @@ class MeshTo3DRequest(AssetRequest):
         if (self.prompt is None) == (self.image is None):
             raise ValueError("mesh-to-3d needs exactly one of prompt or image to texture the mesh from")
         return self
+
+
+def validation_reasons(error: ValidationError) -> str:
+    """Pydantic's reasons on one line, each after the field it is about: what a batch row's
+    outcome and the command line show (pydantic's own text spans several lines and links)."""
+    def reason(detail: dict) -> str:
+        location = detail["loc"][1:] if detail["loc"][:1] == ("options",) else detail["loc"]  # rows are flat
+        where = ".".join(map(str, location)) or "request"
+        problem = detail["ctx"]["error"] if detail["type"] == "value_error" else detail["msg"]
+        return f"{where}: {problem}"
+
+    return "; ".join(reason(detail) for detail in error.errors())
 
 
 def input_files(request: AssetRequest) -> dict[str, str]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
+from stages.bounds import check_image_size, check_steps
 from stages.model_cache import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -41,12 +43,17 @@ class GeneratedImage:
 
 
 def prompt_words(prompt: object) -> list[str]:
-    """The words of a prompt; ``TypeError`` for non-strings, ``ValueError`` for blank ones.
+    """The words of a prompt; ``TypeError`` for non-strings, ``ValueError`` for blank ones
+    and for control characters other than whitespace (a NUL byte from a broken manifest
+    would otherwise reach the tokenizer and the asset's slug unseen).
 
     Cheap enough to run before any model is loaded.
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    for position, character in enumerate(prompt):
+        if unicodedata.category(character) == "Cc" and not character.isspace():
+            raise ValueError(f"prompt contains the control character U+{ord(character):04X} at position {position}")
     words = prompt.split()
     if not words:
         raise ValueError("prompt is empty")
@@ -108,12 +115,15 @@ def text_to_image(
     if len(seed_list) != len(prompt_list):
         raise ValueError(f"{len(prompt_list)} prompts but {len(seed_list)} seeds")
     full_prompts = [check_prompt(prompt, pipeline.tokenizer, template) for prompt in prompt_list]
-    steps = steps or spec.steps or 30
+    steps = steps if steps is not None else spec.steps or 30  # 0 is refused below, not read as "default"
     guidance = spec.guidance if guidance is None else guidance
     guidance = 5.0 if guidance is None else guidance
-    size = size or spec.resolution or 1024
-    if steps < 1 or size < 64 or size % 8:
-        raise ValueError(f"steps must be at least 1 and size a multiple of 8 of at least 64; got {steps}, {size}")
+    size = size if size is not None else spec.resolution or 1024
+    for name, value, check in (("steps", steps, check_steps), ("size", size, check_image_size)):
+        try:
+            check(value)
+        except ValueError as error:
+            raise ValueError(f"{name} {error}") from None
 
     started = time.perf_counter()
     options: dict[str, Any] = dict(
