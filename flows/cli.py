@@ -8,6 +8,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
+
+from stages.bounds import (check_faces, check_height, check_image_size, check_lods, check_positive, check_steps,
+                           check_texture_size)
 
 
 def _settings(args: argparse.Namespace):
@@ -24,11 +28,14 @@ def _views(args: argparse.Namespace) -> None:
     from stages.image_input import open_image
     from stages.model_cache import get_model
     from stages.registry import registry
-    from stages.six_views import generate_six_views, load_six_view_pipeline
+    from stages.image_output import check_output_place
+    from stages.six_views import generate_six_views, load_six_view_pipeline, require_object
 
     if (args.controlnet is None) != (args.depth is None):
         raise ValueError("--controlnet and --depth go together: the depth grid steers the ControlNet")
+    check_output_place(Path(args.output), folder=True)
     image = open_image(args.image)
+    require_object(image)
     depth = open_image(args.depth) if args.depth else None
     settings = _settings(args)
     model = args.model or f"zero123plus-{args.version}"
@@ -50,11 +57,13 @@ def _views(args: argparse.Namespace) -> None:
 
 
 def _image(args: argparse.Namespace) -> None:
-    from stages.image_output import save_image, save_json
+    from stages.image_output import check_output_place, image_format, save_image, save_json
     from stages.model_cache import get_model
     from stages.text_to_image import prompt_words, text_to_image
 
     prompt_words(args.prompt)
+    image_format(Path(args.output))
+    check_output_place(Path(args.output))
     settings = _settings(args)
     model = get_model(args.model, settings)
     refiner = get_model("sdxl-refiner", settings) if args.refiner else None
@@ -70,9 +79,13 @@ def _image(args: argparse.Namespace) -> None:
 def _cutout(args: argparse.Namespace) -> None:
     from stages.cutout import cut_out
     from stages.image_input import open_image
-    from stages.image_output import save_image
+    from stages.image_output import check_output_place, image_format, save_image
     from stages.model_cache import get_model
 
+    for output, alpha in ((args.output, True), (args.reframed, False)):
+        if output:
+            image_format(Path(output), alpha=alpha)
+            check_output_place(Path(output))
     image = open_image(args.image)
     settings = _settings(args)
     u2net = get_model("u2netp", settings).model
@@ -86,10 +99,14 @@ def _cutout(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
+    from stages.image_output import check_output_place
     from stages.reconstruct import export_asset, reconstruct_views
 
     if not args.output.lower().endswith(".glb"):
         raise ValueError(f"-o must name a .glb file, got {args.output}")
+    check_output_place(Path(args.output))
+    if args.export_nerfstudio:
+        check_output_place(Path(args.export_nerfstudio), folder=True)
     asset = reconstruct_views(
         args.views, args.version, target_faces=args.target_faces, texture_size=args.texture_size,
         progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
@@ -158,9 +175,23 @@ def _models_make_tiny(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     """Run one flow here (a local, ephemeral Prefect unless PREFECT_API_URL names a server)."""
+    from pydantic import ValidationError
+
+    from flows.requests import AssetOptions, validation_reasons
+
     if args.task_runner:
         os.environ["TEXT_TO_3D_TASK_RUNNER"] = args.task_runner  # flows build their runner on import
+    if not args.verbose:  # Prefect logs a failed run's traceback; the error is reported here in one line
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "ERROR")  # "still processing items" at exit
+    malformed = [option for option in args.option if "=" not in option]
+    if malformed:
+        raise ValueError(f"--option {malformed[0]!r}: write KEY=VALUE, for example texture_size=2048")
     options = dict(option.split("=", 1) for option in args.option)
+    try:  # checked here, before any flow starts; batch defaults may also set a row's seed
+        checked = AssetOptions(**{key: value for key, value in options.items() if key != "seed" or args.flow != "batch"})
+    except ValidationError as error:
+        raise ValueError(f"--option {validation_reasons(error)}") from None
     if args.flow == "batch":
         from flows.batch import batch_text_to_3d
 
@@ -170,9 +201,7 @@ def _run(args: argparse.Namespace) -> None:
         if state.is_failed():
             raise ValueError(state.message)
         return
-    from flows.requests import AssetOptions
-
-    common = dict(seed=args.seed, options=AssetOptions(**options))
+    common = dict(seed=args.seed, options=checked)
     if args.flow == "text":
         from flows.text_to_3d import text_to_3d
 
@@ -222,8 +251,31 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"demo done: {manifest}\n(tiny random models draw noise-like views; the stages, files and lineage are real)")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (the usage block buried it)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _bounded(kind: type, check: Callable) -> Callable[[str], object]:
+    """An argparse type: ``kind`` of the text, within ``check``'s bounds (``stages.bounds``),
+    so a bad value is refused while parsing, with the option's name, before any work."""
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'a whole' if kind is int else 'a'} number: {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="text-to-3d", description=__doc__)
+    parser = _OneLineParser(prog="text-to-3d", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--config", help="settings TOML file (sets TEXT_TO_3D_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("-o", "--output", required=True, help="output folder")
     views.add_argument("--version", choices=["v1.2", "v1.1"], default="v1.2")
     views.add_argument("--model", help="registry name, checkpoint folder or hub id (default: zero123plus-VERSION)")
-    views.add_argument("--steps", type=int, default=28, help="denoising steps (75-100 for faces and fine detail)")
+    views.add_argument("--steps", type=_bounded(int, check_steps), default=28, help="denoising steps (75-100 for faces and fine detail)")
     views.add_argument("--guidance", type=float, default=4.0)
     views.add_argument("--seed", type=int, default=0)
     views.add_argument("--controlnet", help="depth ControlNet: registry name, folder or hub id (v1.1 only)")
@@ -246,10 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("views", help="640x960 six-view grid image, or a folder with view_0.png .. view_5.png")
     rebuild.add_argument("-o", "--output", required=True, help="output .glb (LOD files are written beside it)")
     rebuild.add_argument("--version", choices=["v1.2", "v1.1"], default="v1.2", help="camera set of the views")
-    rebuild.add_argument("--target-faces", type=int, default=20000)
-    rebuild.add_argument("--texture-size", type=int, default=1024)
-    rebuild.add_argument("--lods", type=int, default=3)
-    rebuild.add_argument("--height", type=float, default=1.0, help="asset height in metres")
+    rebuild.add_argument("--target-faces", type=_bounded(int, check_faces), default=20000)
+    rebuild.add_argument("--texture-size", type=_bounded(int, check_texture_size), default=1024,
+                         help="a power of two")
+    rebuild.add_argument("--lods", type=_bounded(int, check_lods), default=3)
+    rebuild.add_argument("--height", type=_bounded(float, check_height), default=1.0, help="asset height in metres")
     rebuild.add_argument("--normal-map", action="store_true",
                          help="also bake a tangent-space normal map from the dense surface")
     rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")
@@ -262,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--model", default="sdxl-base", help="registry name: sdxl-base, sdxl-turbo, sdxl-lightning")
     image.add_argument("--refiner", action="store_true", help="finish with the SDXL refiner")
     image.add_argument("--seed", type=int, default=0)
-    image.add_argument("--steps", type=int, help="default: the model's preset")
+    image.add_argument("--steps", type=_bounded(int, check_steps), help="default: the model's preset")
     image.add_argument("--guidance", type=float, help="default: the model's preset")
-    image.add_argument("--size", type=int, help="square side in pixels (default: the model's preset)")
+    image.add_argument("--size", type=_bounded(int, check_image_size), help="square side in pixels (default: the model's preset)")
     _add_runtime_options(image)
     image.set_defaults(handler=_image)
 
@@ -298,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--blockout", help="text/image: mesh whose depth steers the views")
     run.add_argument("--prompt", help="mesh: what it should look like")
     run.add_argument("--image", help="mesh: or a reference photo")
-    run.add_argument("--concurrency", type=int, default=4, help="batch: stage tasks at once")
+    run.add_argument("--concurrency", type=_bounded(int, check_positive), default=4, help="batch: stage tasks at once")
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="stage option, e.g. texture_size=2048 (repeatable; batch: defaults for rows)")
     run.add_argument("--task-runner", choices=["threads", "dask", "ray"], help="where stage tasks run")
@@ -307,12 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="local Prefect server, work pool, deployments and a worker")
     serve.add_argument("--api-url", help="use this Prefect server instead of starting one")
     serve.add_argument("--port", type=int, default=4200)
-    serve.add_argument("--gpus", type=int, help="GPU stages at once (default: CUDA devices, at least 1)")
+    serve.add_argument("--gpus", type=_bounded(int, check_positive), help="GPU stages at once (default: CUDA devices, at least 1)")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="offline mesh-to-3d flow on tiny models and built-in inputs")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument("--steps", type=_bounded(int, check_steps), default=4)
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -341,10 +394,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[CONFIG_ENV] = args.config
     try:
         args.handler(args)
-    except (ValueError, TypeError, RuntimeError) as error:
-        print(f"text-to-3d {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"text-to-3d {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure is one line; -v shows the traceback of unexpected ones
+        expected = isinstance(error, (ValueError, TypeError, RuntimeError, OSError))
+        if args.verbose and not expected:
+            raise
+        print(f"text-to-3d {args.command}: error: {_one_line(error, expected)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(error: Exception, expected: bool) -> str:
+    """The reason on one line: an OS error's file and cause, an unexpected error's type."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    if not expected:
+        text = f"{type(error).__name__}: {text} (rerun with -v for the traceback)"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from stages.cutout import MIN_OBJECT_SHARE, CutoutError
 from stages.runtime import resolve_device, resolve_dtype
 from zero123pp import Camera, Zero123PlusPipeline, split_grid, view_cameras, write_cameras_json
 from zero123pp.views import Version
@@ -44,6 +46,17 @@ class SixViews:
         return [folder / name for name in names]
 
 
+def require_object(image: Image.Image) -> None:
+    """Refuse, as the cutout stage does, an image with no object to turn around: nearly
+    all transparent, or one flat colour. Zero123++ would draw six views of nothing."""
+    if image.mode == "RGBA":
+        share = float((np.asarray(image.getchannel("A")) >= 128).mean())
+        if share < MIN_OBJECT_SHARE:
+            raise CutoutError(f"no object found: {share:.2%} of the image is opaque")
+    elif all(low == high for low, high in image.getextrema()):
+        raise CutoutError("no object found: the image is one flat colour")
+
+
 def load_six_view_pipeline(
     model: str | Path,
     controlnet: str | Path | None = None,
@@ -74,7 +87,9 @@ def generate_six_views(
     """Run Zero123++ on one object image (RGBA, or RGB on grey) and split the result.
 
     The seed drives a dedicated generator, so concurrent work cannot change the result.
+    Raises ``CutoutError`` for an image with no object (see ``require_object``).
     """
+    require_object(image)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     grid = pipeline(
         image,
