@@ -124,14 +124,20 @@ class S3Store:
     @contextmanager
     def _reaching(self, key: str, action: str) -> Iterator[None]:
         """Name the endpoint and object when S3 cannot be reached or drops the connection;
-        raised as a ConnectionError, which stages retry as transient."""
-        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+        raised as a ConnectionError, which stages retry as transient. Missing credentials are
+        a ``ValueError`` naming the settings to set: no retry finds them."""
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError, NoCredentialsError
 
         try:
             yield
+        except NoCredentialsError:
+            raise ValueError(f"no S3 credentials for {action} {self.uri(key)}: set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and TEXT_TO_3D_S3_ENDPOINT_URL for a store "
+                             "other than AWS") from None
         except (BotoConnectionError, HTTPClientError) as error:
             endpoint = self.client.meta.endpoint_url
-            raise ConnectionError(f"S3 endpoint {endpoint} unreachable while {action} {self.uri(key)}: {error}") from error
+            raise ConnectionError(f"S3 endpoint {endpoint} unreachable while {action} {self.uri(key)}: {error} "
+                                  "(TEXT_TO_3D_S3_ENDPOINT_URL sets the endpoint)") from error
 
     def put(self, key: str, data: bytes) -> StoredObject:
         from boto3.s3.transfer import TransferConfig

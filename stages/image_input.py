@@ -45,6 +45,9 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, name: s
         raise ValueError(f"{name}: is a folder, not an image") from None
     except Image.DecompressionBombError as error:
         raise ValueError(f"{name}: refused as a decompression bomb ({error})") from None
+    except Image.UnidentifiedImageError:
+        # PIL's own text names the stream object (``<_io.BytesIO object at 0x...>``), not the file.
+        raise ValueError(f"{name}: not a readable image (not PNG, JPEG or WebP data)") from None
     except OSError as error:
         # PIL reports unknown formats and truncated data as OSError subclasses.
         raise ValueError(f"{name}: not a readable image ({error})") from None

@@ -38,7 +38,8 @@ def load_blockout(source: str | Path | bytes, file_type: str | None = None, name
         raise ValueError(f"{name}: unsupported mesh format {file_type!r}; use one of {', '.join(MESH_FORMATS)}")
     data = source if isinstance(source, bytes) else _read(Path(source))
     try:
-        mesh = trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=True)
+        # Unprocessed first: processing drops NaN vertices and their faces, hiding the reason.
+        mesh = trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=False)
     except Exception as error:  # trimesh raises many types for malformed files
         raise ValueError(f"{name}: not a readable {file_type} mesh ({error})") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
@@ -47,9 +48,26 @@ def load_blockout(source: str | Path | bytes, file_type: str | None = None, name
         raise ValueError(f"{name}: {len(mesh.faces)} faces; a blockout may have at most {MAX_FACES}")
     if not np.isfinite(mesh.vertices).all():
         raise ValueError(f"{name}: vertex positions contain NaN or infinity")
+    if file_type == "off":
+        _check_off_header(data, mesh, name)
+    mesh.process()
     if np.ptp(mesh.vertices, axis=0).max() <= 0:
         raise ValueError(f"{name}: all vertices coincide")
     return mesh
+
+
+def _check_off_header(data: bytes, mesh: trimesh.Trimesh, name: str) -> None:
+    """Refuse an OFF file whose header declares more vertices or faces than it holds
+    (trimesh reads what is there and says nothing): a truncated or corrupt file. Quads
+    become two triangles, so a whole file holds at least what it declares."""
+    words = b" ".join(line.split(b"#", 1)[0] for line in data.splitlines()[:64]).split()
+    try:
+        vertices, faces = int(words[1]), int(words[2])
+    except (IndexError, ValueError):
+        raise ValueError(f"{name}: an OFF file starts with 'OFF' and its vertex and face counts") from None
+    if vertices > len(mesh.vertices) or faces > len(mesh.faces):
+        raise ValueError(f"{name}: the header declares {vertices} vertices and {faces} faces; "
+                         f"the file holds {len(mesh.vertices)} and {len(mesh.faces)}")
 
 
 def _read(path: Path) -> bytes:
