@@ -103,14 +103,20 @@ def cut_out(image: Image.Image, u2net: Any, sam: Any | None = None, segmenter: S
     )
 
 
-def coarse_foreground(image: Image.Image, session: Any) -> np.ndarray:
-    """u2netp's salient-object probability at the image's own size, in [0, 1]."""
+def coarse_foreground(image: Image.Image, session: Any, stretch: bool = True) -> np.ndarray:
+    """u2netp's salient-object probability at the image's own size, in [0, 1].
+
+    ``stretch`` rescales the prediction to span [0, 1], as rembg does for a photo that
+    surely holds an object; an image that may show none (a view of an object coloured like
+    its background) needs u2netp's own probability, which stretching would turn into noise.
+    """
     small = np.asarray(image.resize((U2NET_SIZE, U2NET_SIZE), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
     small = (small / max(float(small.max()), 1e-6) - IMAGENET_MEAN) / IMAGENET_STD
     batch = small.transpose(2, 0, 1)[None].astype(np.float32)
     prediction = session.run(None, {session.get_inputs()[0].name: batch})[0][0, 0]
-    low, high = float(prediction.min()), float(prediction.max())
-    prediction = (prediction - low) / max(high - low, 1e-8)
+    if stretch:
+        low, high = float(prediction.min()), float(prediction.max())
+        prediction = (prediction - low) / max(high - low, 1e-8)
     full = Image.fromarray(prediction.astype(np.float32), "F").resize(image.size, Image.Resampling.BILINEAR)
     return np.clip(np.asarray(full), 0.0, 1.0)
 

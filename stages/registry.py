@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 from stages.settings import Settings
-from zero123pp.pipeline import resolve_checkpoint
 
 Kind = Literal["sdxl", "sdxl-refiner", "sam", "zero123pp", "controlnet", "onnx"]
 PIPELINE_KINDS = ("sdxl", "sdxl-refiner", "zero123pp")
@@ -154,7 +153,10 @@ def _hub_patterns(spec: ModelSpec) -> list[str]:
 
 def _resolve_folder(spec: ModelSpec, source: str, patterns: list[str], download: bool) -> Path:
     """A local folder, or the hub snapshot of ``patterns`` (zero123pp's resolver: it already
-    refuses code and pickles, and fetches variant files only when a variant is named)."""
+    refuses code and pickles, and fetches variant files only when a variant is named).
+    Imported here: the pipeline module brings diffusers (seconds), which u2netp never needs."""
+    from zero123pp.pipeline import resolve_checkpoint
+
     try:
         return resolve_checkpoint(source, variant=spec.variant, revision=spec.revision,
                                   allow_patterns=patterns, local_files_only=not download)
