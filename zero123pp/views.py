@@ -194,6 +194,19 @@ def _border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
+def matte_threshold(difference: np.ndarray) -> tuple[float, float]:
+    """The background's noise and the default solid threshold of a view, from its map of
+    largest channel differences to the background colour (8-bit units).
+
+    The noise is the 99th percentile of the map's border, leaving out object pixels that
+    touch it; the threshold is 6 levels above the noise, from 6 to ``MAX_MATTE_THRESHOLD``.
+    """
+    border = _border(difference)
+    border = border[border <= MAX_MATTE_THRESHOLD]  # the object may touch the border
+    noise = float(np.percentile(border, 99)) if border.size else MAX_MATTE_THRESHOLD
+    return noise, float(np.clip(noise + 6.0, 6.0, MAX_MATTE_THRESHOLD))
+
+
 def matte_view(
     view: Image.Image,
     background: Sequence[float] | None = None,
@@ -219,11 +232,9 @@ def matte_view(
     rgb = np.asarray(view.convert("RGB"), dtype=np.float32)
     bg = np.asarray(background if background is not None else estimate_background(view), np.float32)
     difference = np.abs(rgb - bg).max(axis=2)
-    border = _border(difference)
-    border = border[border <= MAX_MATTE_THRESHOLD]  # the object may touch the border
-    noise = float(np.percentile(border, 99)) if border.size else MAX_MATTE_THRESHOLD
+    noise, default_threshold = matte_threshold(difference)
     if threshold is None:
-        threshold = float(np.clip(noise + 6.0, 6.0, MAX_MATTE_THRESHOLD))
+        threshold = default_threshold
     solid = difference > threshold
 
     labels, count = ndimage.label(solid)
