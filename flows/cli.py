@@ -100,17 +100,18 @@ def _cutout(args: argparse.Namespace) -> None:
 
 def _reconstruct(args: argparse.Namespace) -> None:
     from stages.image_output import check_output_place
-    from stages.reconstruct import export_asset, reconstruct_views
+    from stages.reconstruct import export_asset, reconstruct_views, view_matting_model
 
     if not args.output.lower().endswith(".glb"):
         raise ValueError(f"-o must name a .glb file, got {args.output}")
     check_output_place(Path(args.output))
     if args.export_nerfstudio:
         check_output_place(Path(args.export_nerfstudio), folder=True)
+    u2net = None if args.colour_matte else view_matting_model(_settings(args))
     asset = reconstruct_views(
         args.views, args.version, target_faces=args.target_faces, texture_size=args.texture_size,
         progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
-        nerfstudio_dir=args.export_nerfstudio, normal_map=args.normal_map,
+        nerfstudio_dir=args.export_nerfstudio, normal_map=args.normal_map, u2net=u2net.model if u2net else None,
     )
     paths = export_asset(asset, args.output, lods=args.lods, height=args.height)
     for path in paths:
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--height", type=_bounded(float, check_height), default=1.0, help="asset height in metres")
     rebuild.add_argument("--normal-map", action="store_true",
                          help="also bake a tangent-space normal map from the dense surface")
+    rebuild.add_argument("--colour-matte", action="store_true",
+                         help="mat the views by background colour alone, without u2netp (used when fetched)")
     rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")
     rebuild.add_argument("--previews", action="store_true", help="also write OUT_contact.png and OUT_turntable.gif")
     rebuild.set_defaults(handler=_reconstruct)
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     # (its heartbeat also races the run for SQLite's write lock and logs tracebacks).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose and args.command != "reconstruct":  # reconstruct loads no model: skip 2 s of imports
+    if not args.verbose and args.command != "reconstruct":  # reconstruct needs neither: skip 2 s of imports
         import diffusers
         import transformers
 

@@ -197,7 +197,7 @@ def six_views_stage(asset: str, reframed_key: str, version: str, steps: int, see
 
 
 def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: float | None, started: float,
-            texture_size: int) -> dict:
+            texture_size: int, models: list | None = None) -> dict:
     """Write the LOD GLBs, validate them and store them under ``{asset}/recon/``."""
     from stages.reconstruct import export_asset, validate_exports
 
@@ -205,22 +205,24 @@ def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: flo
         paths = export_asset(mesh, Path(scratch) / "asset.glb", lods=lods, height=height)
         validation = validate_exports(paths)
         outputs = {path.stem: target.put(f"{asset}/recon/{path.name}", path.read_bytes()).to_dict() for path in paths}
-    return _stage_result(outputs, started, details={"faces": int(len(mesh.faces)), "texture_size": texture_size,
-                                                     **validation})
+    details = {"faces": int(len(mesh.faces)), "texture_size": texture_size, **validation}
+    return _stage_result(outputs, started, models, details)
 
 
 @task(name="reconstruct", **STAGE)
 def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
                       lods: int, height: float, normal_map: bool = False) -> dict:
-    from stages.reconstruct import reconstruct_views
+    from stages.reconstruct import reconstruct_views, view_matting_model
 
     target, started = store(), time.perf_counter()
+    u2net = view_matting_model(settings())
     with tempfile.TemporaryDirectory() as scratch:
         grid = Path(scratch) / "grid.png"
         grid.write_bytes(target.get(grid_key))
+        # No lock: an onnxruntime session runs concurrent calls safely.
         mesh = reconstruct_views(grid, version, target_faces=target_faces, texture_size=texture_size,
-                                 normal_map=normal_map)
-    return _export(target, asset, mesh, lods, height, started, texture_size)
+                                 normal_map=normal_map, u2net=u2net.model if u2net else None)
+    return _export(target, asset, mesh, lods, height, started, texture_size, [u2net.record()] if u2net else [])
 
 
 @task(name="retexture", **STAGE)
