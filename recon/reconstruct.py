@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from recon.calibration import refine_cameras
 from recon.camera import PinholeCamera
 from recon.geometry import extract_surface, silhouette_field
 from recon.normal_map import bake_normal_map
@@ -25,6 +26,8 @@ class ReconstructionOptions:
     """``resolution`` voxels along the longest side of the object's bounding box;
     ``surface_faces_per_target`` caps the hull's iso-surface at about that many times
     ``target_faces`` faces, coarsening the field of an object with a large surface;
+    ``refine_cameras`` first corrects each view's small pose and distance error from the
+    silhouettes (``recon.calibration``) and reconstructs with the corrected cameras;
     ``tolerance_px`` how far one view may disagree with the others' silhouettes; ``stereo``
     sweeps depths inside the hull (``depth_samples`` coarse steps per ray; a match is a
     summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
@@ -32,6 +35,7 @@ class ReconstructionOptions:
     ``truncation_voxels``. ``normal_map`` also bakes a tangent-space normal map carrying the
     dense surface's detail onto the decimated one."""
 
+    refine_cameras: bool = True
     resolution: int = 128
     surface_faces_per_target: float = 4.0
     tolerance_px: float = 3.0
@@ -88,6 +92,11 @@ def reconstruct(
         report(name, now - clock)
         clock = now
 
+    details = {}
+    if options.refine_cameras:
+        cameras, calibration = refine_cameras(masks, cameras)
+        details["camera_refinement"] = calibration.to_dict()
+        phase("camera refinement")
     field = silhouette_field(masks, cameras, options.resolution, options.tolerance_px,
                              round(options.surface_faces_per_target * options.target_faces))
     phase("silhouette field")
@@ -109,4 +118,4 @@ def reconstruct(
     if options.normal_map:
         textured = replace(textured, normal_texture=bake_normal_map(textured, dense))
         phase("normal map")
-    return textured
+    return replace(textured, details=details)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import open3d as o3d
@@ -22,6 +22,8 @@ class TexturedMesh:
 
     ``normals`` are unit vertex normals of the surface before it was cut along UV seams, so
     the copies of a seam vertex share one normal and the shading shows no seams.
+    ``details`` says how the mesh was made (plain JSON data, e.g. the camera corrections
+    reconstruction applied), for the stage to record in the manifest.
     """
 
     vertices: np.ndarray
@@ -30,6 +32,7 @@ class TexturedMesh:
     texture: np.ndarray
     normals: np.ndarray
     normal_texture: np.ndarray | None = None
+    details: dict = field(default_factory=dict)
 
     def texture_image(self) -> Image.Image:
         return _to_image(self.texture)
