@@ -29,9 +29,12 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+import trimesh
+from scipy import ndimage
 
 from recon.camera import PinholeCamera
-from recon.geometry import signed_distance, working_volume
+from recon.geometry import sample_views, signed_distance, working_volume
+from recon.render import MeshRenderer
 
 PRIOR_WEIGHT = 0.01
 
@@ -219,3 +222,47 @@ class _CoherenceProblem:
                                 align_corners=False)[:, 0, 0].reshape(len(self.distances), *depths.shape)
         sampled = torch.where(self.others[..., None], sampled, torch.tensor(torch.inf, device=self.device))
         return sampled.min(dim=0).values
+
+
+def exposure_gains(
+    surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera], stride: int = 2,
+    depth_tolerance: float = 0.01, blur_px: float = 1.0,
+) -> np.ndarray:
+    """Per-view, per-channel gains (V, 3) that bring the views to one exposure and tint.
+
+    Generated views differ in exposure and white balance by a few per cent, which stereo
+    reads as a colour mismatch and the bake as seams between views. Points of ``surface``
+    (the hull will do: most of it lies on or near the object) seen by two views give the
+    ratio of their colours; the median log ratio of each pair, solved for one log gain per
+    view (their mean fixed at zero, so the overall exposure is the views' average), gives
+    the gains. Dividing a view's colours by its gains compensates it.
+    """
+    renderer = MeshRenderer(surface)
+    depths = np.stack([renderer.render(camera).depth for camera in cameras])
+    colours = np.stack([ndimage.gaussian_filter(image[..., :3], (blur_px, blur_px, 0)) for image in images])
+    maps = np.concatenate([depths[..., None], colours], axis=-1).astype(np.float32)
+    count = len(cameras)
+    rows, targets = [], []
+    for i, camera in enumerate(cameras):
+        inside = ndimage.binary_erosion(depths[i] > 0, iterations=2)
+        inside[1::stride] = False  # every other row is plenty
+        origins, directions = camera.rays()
+        depth = depths[i][inside]
+        points = origins[inside] + directions[inside] * (depth / (directions[inside] @ camera.view_axis()))[:, None]
+        samples = sample_views(maps, cameras, points.astype(np.float32), 0.0)
+        for j, other in enumerate(cameras):
+            if j <= i:
+                continue
+            _, seen_depth = other.project(points)
+            visible = (samples[j, :, 0] > 0) & (np.abs(samples[j, :, 0] - seen_depth) < depth_tolerance)
+            ratios = np.log(np.maximum(samples[i, visible, 1:], 1e-3) / np.maximum(samples[j, visible, 1:], 1e-3))
+            if visible.sum() < 50:
+                continue
+            row = np.zeros(count)
+            row[i], row[j] = 1.0, -1.0
+            rows.append(row)
+            targets.append(np.median(ratios, axis=0))
+    rows.append(np.ones(count))  # the mean log gain is zero
+    targets.append(np.zeros(3))
+    log_gains, *_ = np.linalg.lstsq(np.stack(rows), np.stack(targets), rcond=None)
+    return np.exp(log_gains)

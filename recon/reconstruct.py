@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from recon.calibration import refine_cameras
+from recon.calibration import exposure_gains, refine_cameras
 from recon.camera import PinholeCamera
 from recon.geometry import extract_surface, silhouette_field
 from recon.normal_map import bake_normal_map
@@ -28,6 +28,7 @@ class ReconstructionOptions:
     ``target_faces`` faces, coarsening the field of an object with a large surface;
     ``refine_cameras`` first corrects each view's small pose and distance error from the
     silhouettes (``recon.calibration``) and reconstructs with the corrected cameras;
+    ``exposure_compensation`` brings the views to one exposure and tint before the bake;
     ``tolerance_px`` how far one view may disagree with the others' silhouettes; ``stereo``
     sweeps depths inside the hull (``depth_samples`` coarse steps per ray; a match is a
     summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
@@ -36,6 +37,7 @@ class ReconstructionOptions:
     dense surface's detail onto the decimated one."""
 
     refine_cameras: bool = True
+    exposure_compensation: bool = True
     resolution: int = 128
     surface_faces_per_target: float = 4.0
     tolerance_px: float = 3.0
@@ -105,6 +107,7 @@ def reconstruct(
         depth_maps = sweep_depths(
             hull, images, cameras, options.depth_samples, match_threshold=options.match_threshold,
             ambiguity=options.ambiguity_voxels * field.voxel_size, distinctness=options.distinctness,
+            voxel_size=field.voxel_size,
         )
         phase("multi-view stereo")
         field = fuse_depth_maps(field, depth_maps, options.truncation_voxels)
@@ -113,6 +116,11 @@ def reconstruct(
     phase("iso-surface and clean-up")
     surface = decimate(dense, options.target_faces)
     phase("decimation")
+    if options.exposure_compensation:
+        gains = exposure_gains(dense, images, cameras)
+        images = [np.dstack([image[..., :3] / gain, image[..., 3:]]) for image, gain in zip(images, gains)]
+        details["exposure_gains"] = np.round(gains, 4).tolist()
+        phase("exposure compensation")
     textured = bake_base_colour(surface, images, cameras, options.texture_size)
     phase("UV unwrap and texture bake")
     if options.normal_map:

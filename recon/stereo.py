@@ -49,6 +49,7 @@ class DepthMap:
 
     distance: np.ndarray
     camera: PinholeCamera
+    entry: np.ndarray  # distance to where the ray enters the hull; NaN where it misses
 
 
 def neighbours(cameras: list[PinholeCamera], reference: int, max_angle_deg: float = 135.0) -> list[int]:
@@ -84,6 +85,9 @@ def sweep_depths(
     match_threshold: float = 0.004,
     ambiguity: float = 0.15,
     distinctness: float = 0.001,
+    voxel_size: float = 0.015,
+    hull_trust: float = 3.0,
+    confirm_voxels: float = 2.0,
     working_size: int = 320,
     close_angle_deg: float = 90.0,
     neighbour_angle_deg: float = 135.0,
@@ -94,7 +98,15 @@ def sweep_depths(
     the hull, then ``2 * refinement + 1`` fine ones across the best coarse step.
     A depth is kept when its summed squared RGB difference (colour 0..1) is under
     ``match_threshold`` and every coarse candidate farther than ``ambiguity`` (world
-    units) along the ray matches worse by more than ``distinctness``."""
+    units) along the ray matches worse by more than ``distinctness``.
+
+    Stereo must never leave a mesh worse than its hull, and a repeating texture (a
+    patterned ball) matches well at wrong depths. So the hull's own surface (its first
+    two ``voxel_size`` steps) is kept wherever it matches within ``hull_trust`` times the
+    best match: a tight hull already looks the same from the neighbours. And a depth that
+    cuts more than ``confirm_voxels`` into the hull stands only where another view's
+    depth map finds the same surface point; otherwise its ray keeps the hull's verdict.
+    """
     renderer = MeshRenderer(hull)
     colours = np.stack([_foreground_blur(image) for image in images])
     # A silhouette's edge pixel shows a different surface point in every view (and mixes
@@ -127,6 +139,8 @@ def sweep_depths(
             return np.minimum(best_close, np.partition(difference, 1, axis=0)[1]) if len(others) > 1 else best_close
 
         distance = np.full(working.height * working.width, np.nan, np.float32)
+        entry = np.full(working.height * working.width, np.nan, np.float32)
+        entry[pixels] = near
         for start in range(0, len(pixels), rays_per_batch):  # batches keep the sample arrays in cache
             rays = slice(start, start + rays_per_batch)
             index = np.arange(len(pixels[rays]))
@@ -147,9 +161,43 @@ def sweep_depths(
             fine_cost = cost(rays, fine)
             choice = fine_cost.argmin(axis=1)
             matched = (fine_cost[index, choice] < match_threshold) & distinct
-            distance[pixels[rays]] = np.where(matched, fine[index, choice], np.nan)
-        depth_maps.append(DepthMap(fill_depth_gaps(distance.reshape(working.height, working.width), mask), working))
-    return depth_maps
+            found = np.where(matched, fine[index, choice], np.nan)
+            # Where the hull's own surface already looks the same from the neighbours, it
+            # stays: on a tight hull a deeper best match is a texture matched off by a period
+            at_entry = near[rays, None] + voxel_size * np.linspace(0.0, 2.0, 5, dtype=np.float32)[None]
+            entry_cost = cost(rays, at_entry)
+            entry_choice = entry_cost.argmin(axis=1)
+            trusted = entry_cost[index, entry_choice] <= hull_trust * np.minimum(fine_cost[index, choice], match_threshold)
+            distance[pixels[rays]] = np.where(trusted, at_entry[index, entry_choice], found)
+        depth_maps.append(DepthMap(fill_depth_gaps(distance.reshape(working.height, working.width), mask), working,
+                                   entry.reshape(working.height, working.width)))
+    band = confirm_voxels * voxel_size
+    return [_deep_cuts_confirmed(depth_map, depth_maps, band, band) for depth_map in depth_maps]
+
+
+def _deep_cuts_confirmed(depth_map: DepthMap, depth_maps: list[DepthMap], band: float, margin: float) -> DepthMap:
+    """``depth_map`` without the depths that cut deeper than ``band`` into the hull unless
+    another view's depth map puts a surface within ``margin`` of the same point.
+
+    One other view suffices: a concavity is often seen from two views only."""
+    camera = depth_map.camera
+    origins, directions = camera.rays()
+    deep = np.isfinite(depth_map.distance) & (depth_map.distance > depth_map.entry + band)
+    points = (origins[deep] + directions[deep] * depth_map.distance[deep][:, None]).astype(np.float32)
+    confirmed = np.zeros(len(points), bool)
+    for other in depth_maps:
+        if other is depth_map:
+            continue
+        pixels, _ = other.camera.project(points)
+        column, row = np.floor(pixels[:, 0]).astype(np.int64), np.floor(pixels[:, 1]).astype(np.int64)
+        inside = (column >= 0) & (column < other.camera.width) & (row >= 0) & (row < other.camera.height)
+        seen = np.full(len(points), np.nan, np.float32)
+        seen[inside] = other.distance[row[inside], column[inside]]
+        confirmed |= np.abs(seen - np.linalg.norm(points - other.camera.position, axis=1)) < margin
+    rows, columns = np.nonzero(deep)
+    distance = depth_map.distance.copy()
+    distance[rows[~confirmed], columns[~confirmed]] = np.nan
+    return DepthMap(distance, camera, depth_map.entry)
 
 
 def fill_depth_gaps(distance: np.ndarray, swept: np.ndarray, window: int = 5) -> np.ndarray:
