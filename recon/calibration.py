@@ -33,7 +33,7 @@ import trimesh
 from scipy import ndimage
 
 from recon.camera import PinholeCamera
-from recon.geometry import sample_views, signed_distance, working_volume
+from recon.geometry import current_device, sample_views, signed_distance, working_volume
 from recon.render import MeshRenderer
 
 PRIOR_WEIGHT = 0.01
@@ -76,7 +76,6 @@ def refine_cameras(
     steps_per_round: int = 30,
     max_rotation_deg: float = 3.0,
     max_distance_change: float = 0.06,
-    device: str | torch.device = "cpu",
 ) -> tuple[list[PinholeCamera], CalibrationReport]:
     """Cameras corrected so the views' silhouettes agree (see the module's docstring).
 
@@ -85,10 +84,11 @@ def refine_cameras(
     ``max_rotation_deg`` and ``max_distance_change`` set the prior's scale: corrections of
     that size cost as much as one pixel of shortfall on every outline ray. Each round finds
     the deepest point along every ray under the current cameras, then moves the cameras
-    for ``steps_per_round`` steps with those points riding on their rays.
+    for ``steps_per_round`` steps with those points riding on their rays. Runs on the
+    device ``recon.geometry.on_device`` chose.
     """
     with _few_threads():
-        return _refine(_CoherenceProblem(masks, cameras, band_px, rays_per_view, torch.device(device)), cameras,
+        return _refine(_CoherenceProblem(masks, cameras, band_px, rays_per_view, current_device()), cameras,
                        rounds, steps_per_round, float(np.radians(max_rotation_deg)), max_distance_change)
 
 
@@ -255,8 +255,11 @@ def exposure_gains(
                 continue
             _, seen_depth = other.project(points)
             visible = (samples[j, :, 0] > 0) & (np.abs(samples[j, :, 0] - seen_depth) < depth_tolerance)
-            ratios = np.log(np.maximum(samples[i, visible, 1:], 1e-3) / np.maximum(samples[j, visible, 1:], 1e-3))
-            if visible.sum() < 50:
+            ratios = np.log(np.maximum(samples[i, visible, 1:], 0.02) / np.maximum(samples[j, visible, 1:], 0.02))
+            # points the two views see as different colours are misregistered (an edge in
+            # the texture, the hull off the surface), not differently exposed
+            ratios = ratios[np.abs(ratios).max(axis=1) < 0.25]
+            if len(ratios) < 50:
                 continue
             row = np.zeros(count)
             row[i], row[j] = 1.0, -1.0

@@ -9,7 +9,10 @@ surface with sub-voxel accuracy. ``recon.stereo`` then takes away what silhouett
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -103,23 +106,52 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return (ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask)).astype(np.float32)
 
 
+_DEVICE: ContextVar[torch.device] = ContextVar("recon_device", default=torch.device("cpu"))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def on_device(device: str | torch.device) -> Iterator[torch.device]:
+    """Run reconstruction's torch work (the sampling of per-view maps at millions of
+    points, and camera refinement) on ``device`` within the block; the block's callers and
+    threads elsewhere keep theirs (a context variable, not a global)."""
+    token = _DEVICE.set(resolve_device(device))
+    try:
+        yield _DEVICE.get()
+    finally:
+        _DEVICE.reset(token)
+
+
+def current_device() -> torch.device:
+    return _DEVICE.get()
+
+
 def sample_views(maps: np.ndarray, cameras: list[PinholeCamera], points: np.ndarray, outside: float) -> np.ndarray:
     """Bilinear samples of per-view maps (V, H, W[, C]) at the projections of ``points`` (N, 3).
 
     Returns (V, N[, C]) float32; points projecting outside a view or behind it get
-    ``outside``. All views are projected and sampled in one batched torch call.
+    ``outside``. All views are projected and sampled in one batched torch call, on the
+    device ``on_device`` chose (the CPU by default).
     """
+    device = current_device()
     channels_last = maps.ndim == 4
     stack = torch.from_numpy(np.ascontiguousarray(maps if channels_last else maps[..., None], np.float32))
-    stack = stack.permute(0, 3, 1, 2)  # V, C, H, W
-    projections = torch.from_numpy(np.stack([_grid_projection(camera) for camera in cameras]))
-    world = torch.from_numpy(np.ascontiguousarray(points, np.float32))
+    stack = stack.to(device).permute(0, 3, 1, 2)  # V, C, H, W
+    projections = torch.from_numpy(np.stack([_grid_projection(camera) for camera in cameras])).to(device)
+    world = torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(device)
     projected = torch.einsum("vij,nj->vni", projections[:, :, :3], world) + projections[:, None, :, 3]
     depth = projected[..., 2]
     grid = projected[..., :2] / torch.where(depth > 1e-9, depth, 1e-9)[..., None]
     sampled = F.grid_sample(stack, grid[:, None], mode="bilinear", align_corners=False)[:, :, 0].permute(0, 2, 1)
     inside = (grid.abs() <= 1.0).all(dim=-1) & (depth > 0)
-    sampled = torch.where(inside[..., None], sampled, torch.tensor(outside, dtype=sampled.dtype)).numpy()
+    sampled = torch.where(inside[..., None], sampled, torch.tensor(outside, dtype=sampled.dtype, device=device))
+    sampled = sampled.cpu().numpy()
     return sampled if channels_last else sampled[..., 0]
 
 

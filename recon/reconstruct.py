@@ -11,9 +11,9 @@ import numpy as np
 
 from recon.calibration import exposure_gains, refine_cameras
 from recon.camera import PinholeCamera
-from recon.geometry import extract_surface, silhouette_field
+from recon.geometry import extract_surface, on_device, silhouette_field
 from recon.normal_map import bake_normal_map
-from recon.stereo import fuse_depth_maps, sweep_depths
+from recon.stereo import fuse_depth_maps, photo_inconsistency, sweep_depths
 from recon.surface import clean_surface, decimate
 from recon.texture import TexturedMesh, bake_base_colour
 
@@ -34,7 +34,9 @@ class ReconstructionOptions:
     summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
     everywhere farther than ``ambiguity_voxels`` along its ray) and fuses them with
     ``truncation_voxels``. ``normal_map`` also bakes a tangent-space normal map carrying the
-    dense surface's detail onto the decimated one."""
+    dense surface's detail onto the decimated one. ``device`` runs the torch parts (view
+    sampling in the field, stereo and bake; camera refinement) on ``"cpu"``, ``"cuda"``,
+    or with ``"auto"`` on a CUDA device when there is one."""
 
     refine_cameras: bool = True
     exposure_compensation: bool = True
@@ -50,6 +52,7 @@ class ReconstructionOptions:
     target_faces: int = 20000
     texture_size: int = 1024
     normal_map: bool = False
+    device: str = "auto"
 
 
 def check_views(images: list[np.ndarray], cameras: list[PinholeCamera], expected: int = 6) -> list[np.ndarray]:
@@ -85,6 +88,12 @@ def reconstruct(
     """Reconstruct a textured mesh from RGBA views (float 0..1, alpha = soft foreground)."""
     images = check_views(images, cameras)
     report = progress or (lambda phase, seconds: logger.info("%s: %.2f s", phase, seconds))
+    with on_device(options.device):
+        return _reconstruct(images, cameras, options, report)
+
+
+def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options: ReconstructionOptions,
+                 report: Progress) -> TexturedMesh:
     masks = [image[..., 3] > 0.5 for image in images]
     clock = time.perf_counter()
 
@@ -110,8 +119,16 @@ def reconstruct(
             voxel_size=field.voxel_size,
         )
         phase("multi-view stereo")
-        field = fuse_depth_maps(field, depth_maps, options.truncation_voxels)
+        fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels)
         phase("depth fusion")
+        # Stereo must never leave the object worse than its hull: the views judge
+        hull_score = photo_inconsistency(hull, images, cameras)
+        fused_score = photo_inconsistency(extract_surface(fused, process=False), images, cameras)
+        details["stereo"] = {"kept": bool(fused_score <= hull_score), "hull_inconsistency": round(hull_score, 6),
+                             "fused_inconsistency": round(fused_score, 6)}
+        if fused_score <= hull_score:
+            field = fused
+        phase("stereo check")
     dense = clean_surface(extract_surface(field))
     phase("iso-surface and clean-up")
     surface = decimate(dense, options.target_faces)

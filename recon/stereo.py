@@ -264,4 +264,41 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
     fused = np.divide(-total, votes * field.voxel_size, out=np.full_like(total, np.inf), where=votes > 0)
     values = hull.copy()
     values[candidates] = np.minimum(hull[candidates], fused)
+    # Space the depths emptied but that no view can see into, a cavity sealed inside the
+    # object, is a wrong depth whose mouth the other views' votes closed again (a repeating
+    # texture matched deep on a ball): the views say nothing against the hull there.
+    sealed = ndimage.binary_fill_holes(values > 0) & (values <= 0)
+    values[sealed] = hull[sealed]
     return VoxelField(values.astype(np.float32), field.origin, field.voxel_size)
+
+
+def photo_inconsistency(surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera],
+                        close_angle_deg: float = 90.0, stride: int = 2) -> float:
+    """How much the views disagree about the colour of ``surface``: the mean squared RGB
+    difference between each view's colour at a visible surface point and the colour of
+    every close neighbour that also sees it (visibility by ray casting ``surface``).
+
+    The right surface is the one the views agree on; a wrong depth that carved a pit shows
+    each view a different part of the pit."""
+    renderer = MeshRenderer(surface)
+    depths = np.stack([renderer.render(camera).depth for camera in cameras])
+    colours = np.stack([_foreground_blur(image) for image in images])
+    interior = np.stack([ndimage.binary_erosion(image[..., 3] > 0.5, iterations=2) for image in images])
+    maps = np.concatenate([depths[..., None], colours], axis=-1).astype(np.float32)
+    total, count = 0.0, 0
+    for reference, camera in enumerate(cameras):
+        seen = interior[reference] & (depths[reference] > 0)
+        seen[1::stride] = False
+        origins, directions = camera.rays()
+        distance = depths[reference][seen] / (directions[seen] @ camera.view_axis())
+        points = (origins[seen] + directions[seen] * distance[:, None]).astype(np.float32)
+        others = neighbours(cameras, reference, close_angle_deg)
+        samples = sample_views(maps[others], [cameras[i] for i in others], points, 0.0)
+        own = colours[reference][seen]
+        for other, sample in zip(others, samples):
+            _, depth = cameras[other].project(points)
+            visible = (sample[:, 0] > 0) & (np.abs(sample[:, 0] - depth) < 0.01 * np.linalg.norm(cameras[other].position))
+            visible &= np.abs(sample[:, 1:]).max(axis=1) < UNMATCHABLE
+            total += float(((sample[visible, 1:] - own[visible]) ** 2).sum())
+            count += int(visible.sum())
+    return total / max(count, 1)

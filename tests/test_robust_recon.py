@@ -1,13 +1,19 @@
-"""Camera refinement: silhouettes rendered from mis-posed cameras pull the cameras back."""
+"""Robust reconstruction: camera refinement from silhouettes, and stereo that never does
+worse than the hull."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import torch
 import trimesh
 from scipy.spatial.transform import Rotation
 
 from recon.calibration import refine_cameras
 from recon.camera import PinholeCamera
+from recon.geometry import current_device, on_device, resolve_device, sample_views
+from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer
 from stages.reconstruct import to_pinhole
 from zero123pp import Camera, view_cameras
@@ -72,3 +78,47 @@ def test_consistent_views_are_left_alone():
     points = shape.vertices
     assert gauge_free_error_px(refined, cameras, points) < 0.3
     assert report.shortfall_before_px < 0.05
+
+
+# ------------------------------------------------------------------ stereo on a patterned ball
+
+
+def patterned_ball(radius: float = 0.8) -> trimesh.Trimesh:
+    """A sphere painted with a high-contrast repeating pattern: the case where a plane
+    sweep finds good matches a period away from the surface."""
+    ball = trimesh.creation.icosphere(subdivisions=6, radius=radius)
+    p = ball.vertices / radius
+    checker = (np.sign(np.sin(9 * np.arctan2(p[:, 2], p[:, 0])) * np.sin(9 * np.arcsin(p[:, 1]))) > 0)
+    colour = np.where(checker[:, None], [0.95, 0.95, 0.9], [0.08, 0.08, 0.1])
+    ball.visual = trimesh.visual.ColorVisuals(ball, vertex_colors=np.round(colour * 255).astype(np.uint8))
+    return ball
+
+
+def test_stereo_never_carves_a_patterned_ball_below_its_hull():
+    radius = 0.8
+    ball = patterned_ball(radius)
+    cameras = [to_pinhole(camera) for camera in view_cameras("v1.2", 320)]
+    renderer = MeshRenderer(ball)
+    images = []
+    for camera in cameras:
+        result = renderer.render(camera)
+        images.append(np.dstack([result.albedo, result.mask.astype(np.float32)]))
+    options = ReconstructionOptions(resolution=96, target_faces=4000, texture_size=256, refine_cameras=False)
+
+    def mean_radial_error(stereo: bool) -> float:
+        mesh = reconstruct(images, cameras, replace(options, stereo=stereo))
+        return float(np.abs(np.linalg.norm(mesh.vertices, axis=1) - radius).mean())
+
+    hull_error, stereo_error = mean_radial_error(False), mean_radial_error(True)
+    assert stereo_error <= 1.15 * hull_error, (hull_error, stereo_error)
+
+
+def test_view_sampling_runs_on_the_chosen_device_and_restores_the_callers():
+    maps = np.random.default_rng(0).random((6, 32, 32, 3)).astype(np.float32)
+    cameras = [to_pinhole(camera) for camera in view_cameras("v1.2", 32)]
+    points = np.random.default_rng(1).uniform(-0.5, 0.5, (100, 3))
+    on_cpu = sample_views(maps, cameras, points, 0.0)
+    with on_device("auto") as device:
+        assert device == resolve_device("auto") and current_device() == device
+        np.testing.assert_allclose(sample_views(maps, cameras, points, 0.0), on_cpu, atol=1e-5)
+    assert current_device() == torch.device("cpu")
