@@ -33,7 +33,7 @@ import trimesh
 from scipy import ndimage
 
 from recon.camera import PinholeCamera
-from recon.geometry import current_device, sample_views, signed_distance, working_volume
+from recon.geometry import current_device, lattice, sample_views, signed_distance, working_volume
 from recon.render import MeshRenderer
 
 PRIOR_WEIGHT = 0.01
@@ -71,8 +71,8 @@ def refine_cameras(
     masks: list[np.ndarray],
     cameras: list[PinholeCamera],
     band_px: float = 8.0,
-    rays_per_view: int = 512,
-    rounds: int = 4,
+    rays_per_view: int = 384,
+    rounds: int = 3,
     steps_per_round: int = 30,
     max_rotation_deg: float = 3.0,
     max_distance_change: float = 0.06,
@@ -225,7 +225,7 @@ class _CoherenceProblem:
 
 
 def exposure_gains(
-    surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera], stride: int = 2,
+    surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera], stride: int = 3,
     depth_tolerance: float = 0.01, blur_px: float = 1.0,
 ) -> np.ndarray:
     """Per-view, per-channel gains (V, 3) that bring the views to one exposure and tint.
@@ -245,7 +245,7 @@ def exposure_gains(
     rows, targets = [], []
     for i, camera in enumerate(cameras):
         inside = ndimage.binary_erosion(depths[i] > 0, iterations=2)
-        inside[1::stride] = False  # every other row is plenty
+        inside &= lattice(stride, inside.shape)  # a sparse lattice of points is plenty
         origins, directions = camera.rays()
         depth = depths[i][inside]
         points = origins[inside] + directions[inside] * (depth / (directions[inside] @ camera.view_axis()))[:, None]

@@ -101,6 +101,13 @@ def _pixel_footprint(cameras: list[PinholeCamera]) -> float:
     return float(np.mean([np.linalg.norm(c.position) / c.intrinsics[0, 0] for c in cameras]))
 
 
+def lattice(stride: int, shape: tuple[int, int]) -> np.ndarray:
+    """A mask of every ``stride``-th row and column: a sparse, even sample of an image."""
+    every = np.zeros(shape, bool)
+    every[::stride, ::stride] = True
+    return every
+
+
 def signed_distance(mask: np.ndarray) -> np.ndarray:
     """Pixels to the silhouette boundary, positive inside ``mask``."""
     return (ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask)).astype(np.float32)

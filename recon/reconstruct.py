@@ -30,7 +30,8 @@ class ReconstructionOptions:
     silhouettes (``recon.calibration``) and reconstructs with the corrected cameras;
     ``exposure_compensation`` brings the views to one exposure and tint before the bake;
     ``tolerance_px`` how far one view may disagree with the others' silhouettes; ``stereo``
-    sweeps depths inside the hull (``depth_samples`` coarse steps per ray; a match is a
+    sweeps depths inside the hull (in views at most ``stereo_size`` pixels across, ``depth_samples``
+    coarse steps per ray; a match is a
     summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
     everywhere farther than ``ambiguity_voxels`` along its ray) and fuses them with
     ``truncation_voxels``. ``normal_map`` also bakes a tangent-space normal map carrying the
@@ -45,6 +46,7 @@ class ReconstructionOptions:
     tolerance_px: float = 3.0
     stereo: bool = True
     depth_samples: int = 32
+    stereo_size: int = 320
     match_threshold: float = 0.004
     ambiguity_voxels: float = 9.0
     distinctness: float = 0.001
@@ -116,7 +118,7 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
         depth_maps = sweep_depths(
             hull, images, cameras, options.depth_samples, match_threshold=options.match_threshold,
             ambiguity=options.ambiguity_voxels * field.voxel_size, distinctness=options.distinctness,
-            voxel_size=field.voxel_size,
+            voxel_size=field.voxel_size, working_size=options.stereo_size,
         )
         phase("multi-view stereo")
         fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels)

@@ -36,7 +36,7 @@ from PIL import Image
 from scipy import ndimage
 
 from recon.camera import PinholeCamera
-from recon.geometry import VoxelField, sample_views
+from recon.geometry import VoxelField, lattice, sample_views
 from recon.render import MeshRenderer
 
 
@@ -273,7 +273,7 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
 
 
 def photo_inconsistency(surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera],
-                        close_angle_deg: float = 90.0, stride: int = 2) -> float:
+                        close_angle_deg: float = 90.0, stride: int = 3) -> float:
     """How much the views disagree about the colour of ``surface``: the mean squared RGB
     difference between each view's colour at a visible surface point and the colour of
     every close neighbour that also sees it (visibility by ray casting ``surface``).
@@ -288,7 +288,7 @@ def photo_inconsistency(surface: trimesh.Trimesh, images: list[np.ndarray], came
     total, count = 0.0, 0
     for reference, camera in enumerate(cameras):
         seen = interior[reference] & (depths[reference] > 0)
-        seen[1::stride] = False
+        seen &= lattice(stride, seen.shape)
         origins, directions = camera.rays()
         distance = depths[reference][seen] / (directions[seen] @ camera.view_axis())
         points = (origins[seen] + directions[seen] * distance[:, None]).astype(np.float32)
