@@ -94,20 +94,21 @@ def learned_matte(view: Image.Image, u2net: Any) -> Image.Image:
     background = estimate_background(view)
     matte = np.array(matte_view(view, background))
     contrast = np.abs(rgb.astype(np.float32) - background).max(axis=2)
+    _, threshold = matte_threshold(contrast)
+    faint = (matte[..., 3] >= 128) & (contrast <= threshold)
+    edge_contrast = _edge_contrast(matte[..., 3] >= 128, contrast)
+    solid = matte[..., 3] >= 128
+    if not faint.any() and (edge_contrast[~solid] >= CRISP_EDGE).all() and not ndimage.binary_fill_holes(solid)[~solid].any():
+        # Crisp edges all round and nothing enclosed: u2netp could change no pixel (below),
+        # so its 0.25 s per tile is saved.
+        return Image.fromarray(matte, "RGBA")
     probability = coarse_foreground(view.convert("RGB"), u2net, stretch=False)
     # Reopened first: the edges and enclosed regions below are those of the corrected matte.
-    _, threshold = matte_threshold(contrast)
-    reopen = (matte[..., 3] >= 128) & (contrast <= threshold) & (probability < 1.0 - LEARNED_MATTE_CONFIDENCE)
-    matte[reopen, 3] = 0
-    solid = matte[..., 3] >= 128
-    # As in matte_view, the solid region's outermost pixels may be mixed with the background:
-    # an edge's contrast is read one pixel further in.
-    core = ndimage.binary_erosion(solid)
-    if core.any():
-        _, (rows, cols) = ndimage.distance_transform_edt(~core, return_indices=True)
-        edge_contrast = contrast[rows, cols]
-    else:
-        edge_contrast = np.zeros_like(contrast)
+    reopen = faint & (probability < 1.0 - LEARNED_MATTE_CONFIDENCE)
+    if reopen.any():
+        matte[reopen, 3] = 0
+        solid = matte[..., 3] >= 128
+        edge_contrast = _edge_contrast(solid, contrast)
     restore = (probability > LEARNED_MATTE_CONFIDENCE) & ~solid & (edge_contrast < CRISP_EDGE)
     holes, count = ndimage.label(ndimage.binary_fill_holes(solid) & ~solid)
     if count:
@@ -116,6 +117,17 @@ def learned_matte(view: Image.Image, u2net: Any) -> Image.Image:
         restore = np.where(holes > 0, part_of_object[holes], restore)
     matte[restore] = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])[restore]
     return Image.fromarray(matte, "RGBA")
+
+
+def _edge_contrast(solid: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """Per pixel, the background contrast of the nearest pixel inside ``solid``'s edge: as
+    in matte_view, the solid region's outermost pixels may be mixed with the background,
+    so an edge's contrast is read one pixel further in."""
+    core = ndimage.binary_erosion(solid)
+    if not core.any():
+        return np.zeros_like(contrast)
+    _, (rows, cols) = ndimage.distance_transform_edt(~core, return_indices=True)
+    return contrast[rows, cols]
 
 
 def view_matting_model(settings: Settings) -> LoadedModel | None:

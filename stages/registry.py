@@ -130,6 +130,8 @@ def resolve(spec: ModelSpec, download: bool = True) -> ResolvedModel:
     if spec.kind == "onnx":
         path = Path(spec.source).expanduser()
         if not path.is_file():
+            if download and os.environ.get("HF_HUB_OFFLINE", "").upper() not in ("1", "ON", "YES", "TRUE"):
+                return fetch(spec)  # as the hub's models download on first use
             raise ValueError(f"{spec.name}: {path} does not exist; run `text-to-3d models fetch {spec.name}`")
         return ResolvedModel(spec, path, revision=f"sha256:{spec.sha256}" if spec.sha256 else "local")
     if spec.weights_file:
