@@ -107,13 +107,14 @@ def _few_threads() -> Iterator[None]:
 
 def _refine(problem: "_CoherenceProblem", cameras: list[PinholeCamera], rounds: int, steps_per_round: int,
             rotation_scale: float, max_distance_change: float) -> tuple[list[PinholeCamera], CalibrationReport]:
-    rotation = torch.zeros(len(cameras), 3, dtype=torch.float32, device=problem.device, requires_grad=True)
-    log_scale = torch.zeros(len(cameras), dtype=torch.float32, device=problem.device, requires_grad=True)
+    # per view: a rotation vector in units of rotation_scale, a log distance factor in units
+    # of max_distance_change
+    parameters = torch.zeros(len(cameras), 4, dtype=torch.float32, device=problem.device, requires_grad=True)
 
     def corrections() -> tuple[torch.Tensor, torch.Tensor]:
-        return rotation * rotation_scale, log_scale * max_distance_change
+        return parameters[:, :3] * rotation_scale, parameters[:, 3] * max_distance_change
 
-    optimiser = torch.optim.Adam([rotation, log_scale], lr=0.05)
+    adam = _Adam(parameters, learning_rate=0.05)
     before = None
     for _ in range(rounds):
         with torch.no_grad():
@@ -121,10 +122,10 @@ def _refine(problem: "_CoherenceProblem", cameras: list[PinholeCamera], rounds: 
             if before is None:
                 before = float(problem.shortfall(*corrections()))
         for _ in range(steps_per_round):
-            optimiser.zero_grad()
-            prior = PRIOR_WEIGHT * ((rotation**2).sum(dim=1) + log_scale**2).mean()
-            (problem.shortfall(*corrections()) + prior).backward()
-            optimiser.step()
+            prior = PRIOR_WEIGHT * (parameters**2).sum(dim=1).mean()
+            loss = problem.shortfall(*corrections()) + prior
+            (gradient,) = torch.autograd.grad(loss, parameters)
+            adam.step(gradient)
     with torch.no_grad():
         problem.find_deepest(*corrections())
         after = float(problem.shortfall(*corrections()))
@@ -134,6 +135,27 @@ def _refine(problem: "_CoherenceProblem", cameras: list[PinholeCamera], rounds: 
     report = CalibrationReport([CameraCorrection(tuple(float(a) for a in np.degrees(omega)), float(scale))
                                 for omega, scale in zip(rotations, scales)], before, after)
     return refined, report
+
+
+class _Adam:
+    """Adam (Kingma and Ba, 2015) on one tensor. Written out because ``torch.optim``
+    imports torch's compiler stack on first use, 1.4 s of every CLI run for 24 numbers."""
+
+    def __init__(self, parameters: torch.Tensor, learning_rate: float, betas: tuple[float, float] = (0.9, 0.999),
+                 epsilon: float = 1e-8) -> None:
+        self.parameters, self.learning_rate, self.betas, self.epsilon = parameters, learning_rate, betas, epsilon
+        self.first = torch.zeros_like(parameters)
+        self.second = torch.zeros_like(parameters)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, gradient: torch.Tensor) -> None:
+        self.steps += 1
+        (beta1, beta2), t = self.betas, self.steps
+        self.first.mul_(beta1).add_(gradient, alpha=1 - beta1)
+        self.second.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        denominator = (self.second / (1 - beta2**t)).sqrt_().add_(self.epsilon)
+        self.parameters.sub_(self.learning_rate * (self.first / (1 - beta1**t)) / denominator)
 
 
 def _corrected(camera: PinholeCamera, omega: np.ndarray, scale: float) -> PinholeCamera:
