@@ -89,11 +89,13 @@ def sweep_depths(
     hull_trust: float = 3.0,
     confirm_voxels: float = 2.0,
     working_size: int = 320,
+    max_rays: int = 40000,
     close_angle_deg: float = 90.0,
     neighbour_angle_deg: float = 135.0,
     rays_per_batch: int = 8192,
 ) -> list[DepthMap]:
-    """A depth map per view (at most ``working_size`` pixels across) by sweeping each
+    """A depth map per view (at most ``working_size`` pixels across, and at most
+    ``max_rays`` foreground pixels) by sweeping each
     foreground ray through ``hull``: ``samples`` coarse steps over the ray's stretch inside
     the hull, then ``2 * refinement + 1`` fine ones across the best coarse step.
     A depth is kept when its summed squared RGB difference (colour 0..1) is under
@@ -115,7 +117,9 @@ def sweep_depths(
     colours = np.where(interior[..., None], colours, UNMATCHABLE).astype(np.float32)
     depth_maps = []
     for reference, camera in enumerate(cameras):
-        scale = min(1.0, working_size / max(camera.width, camera.height))
+        # a large object is swept at a lower resolution: at most ``max_rays`` rays per view
+        scale = min(1.0, working_size / max(camera.width, camera.height),
+                    float(np.sqrt(max_rays / max(interior[reference].sum(), 1))))
         working = camera.scaled(max(1, round(camera.width * scale)), max(1, round(camera.height * scale)))
         coverage = Image.fromarray(interior[reference].astype(np.float32), "F")
         mask = np.asarray(coverage.resize((working.width, working.height), Image.Resampling.BOX)) > 0.5
