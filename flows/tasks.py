@@ -205,7 +205,9 @@ def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: flo
         paths = export_asset(mesh, Path(scratch) / "asset.glb", lods=lods, height=height)
         validation = validate_exports(paths)
         outputs = {path.stem: target.put(f"{asset}/recon/{path.name}", path.read_bytes()).to_dict() for path in paths}
-    details = {"faces": int(len(mesh.faces)), "texture_size": texture_size, **validation}
+    # how reconstruction made the mesh (camera corrections, exposure gains, the stereo
+    # check) goes into the manifest with the stage
+    details = {"faces": int(len(mesh.faces)), "texture_size": texture_size, **validation, **mesh.details}
     return _stage_result(outputs, started, models, details)
 
 

@@ -161,7 +161,8 @@ def test_text_to_3d_stores_each_finished_stage_and_resumes_from_them(s3):
 def test_the_normal_map_option_reaches_the_reconstruct_stage_and_its_glbs(s3, inputs, tmp_path):
     """``normal_map`` is a request option like ``texture_size``: recorded in the request
     (so in the manifest and the asset id), and the reconstruct stage, run on six rendered
-    views of a capsule, stores GLBs that carry a normal texture at every level."""
+    views of a capsule, stores GLBs that carry a normal texture at every level, and records
+    how reconstruction made the mesh in its details."""
     from flows.requests import AssetOptions, ImageTo3DRequest, request_asset_id
     from flows.tasks import key_of, reconstruct_stage
     from recon.render import MeshRenderer
@@ -187,6 +188,9 @@ def test_the_normal_map_option_reaches_the_reconstruct_stage_and_its_glbs(s3, in
     result = reconstruct_stage(asset=asset, grid_key=grid_key, version="v1.2", target_faces=2000, texture_size=64,
                                lods=2, height=1.0, normal_map=True)
     assert result["details"]["validator"] == "passed"
+    # how the mesh was made reaches the stage's details: one camera correction per view
+    assert len(result["details"]["camera_refinement"]["corrections"]) == 6
+    assert {"kept", "hull_inconsistency", "fused_inconsistency"} <= set(result["details"]["stereo"])
     for name in ("asset", "asset_LOD1"):
         glb = tmp_path / f"{name}.glb"
         glb.write_bytes(s3.store.get(key_of(result, name, asset)))
