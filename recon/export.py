@@ -2,11 +2,13 @@
 
 Normalised for engines: +Y up, +Z front (the input view), metres, pivot at the bottom
 centre of the bounding box, a chosen height. Files are written beside their final name and
-renamed into place, so a failure never leaves a half-written GLB.
+renamed into place, a GLB and its LODs together, so a failure or Ctrl-C never leaves a
+half-written GLB or an incomplete LOD set.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from dataclasses import replace
@@ -44,15 +46,35 @@ def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
-    handle = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mkstemp's 0600 ignores the umask
+    """Write one file so that a reader sees the old bytes or the new, never a part."""
+    write_set_atomically({path: data})
+
+
+def write_set_atomically(files: dict[Path, bytes]) -> None:
+    """Write files that belong together (a GLB and its LODs): every one goes to a scratch
+    file beside its final name first, and only when all are written are they renamed into
+    place, so an interrupt (Ctrl-C, a full disk) while writing leaves the previous set
+    whole. Scratch files a killed run left behind for these names are removed first.
+    Files follow the umask (``mkstemp`` would make them 0600)."""
+    for path in files:
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; expected a file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+            stale.unlink(missing_ok=True)
+    scratches: dict[Path, Path] = {}
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(scratch, path)
+        for path, data in files.items():
+            scratch = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
+            handle = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            scratches[path] = scratch
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+        for path, scratch in scratches.items():
+            os.replace(scratch, path)
     except BaseException:
-        Path(scratch).unlink(missing_ok=True)
+        for scratch in scratches.values():
+            scratch.unlink(missing_ok=True)
         raise
 
 
@@ -94,6 +116,5 @@ def export_glb(asset: TexturedMesh, output: str | Path, lods: int = 3) -> list[P
     # NORMAL is written explicitly: without it, glTF viewers shade every face flat
     blobs = [to_trimesh(level).export(file_type="glb", include_normals=True) for level in lod_chain(asset, lods)]
     paths = [output] + [output.with_name(f"{output.stem}_LOD{level}.glb") for level in range(lods)]
-    for path, blob in zip(paths, [blobs[0], *blobs]):
-        write_atomically(path, blob)
+    write_set_atomically(dict(zip(paths, [blobs[0], *blobs])))
     return paths

@@ -17,7 +17,7 @@ from flows.batch import row_request
 from flows.cli import build_parser, main
 from flows.requests import AssetOptions, request_asset_id
 from flows.store import input_version
-from recon.export import write_atomically
+from recon.export import write_atomically, write_set_atomically
 from stages.retexture import load_blockout
 from stages.sample_input import draw_sample_object
 from stages.six_views import require_object
@@ -306,6 +306,23 @@ def test_outputs_follow_the_umask(umask, mode, tmp_path):
         os.umask(previous)
     assert (tmp_path / "a.glb").stat().st_mode & 0o777 == mode
     assert files_under(tmp_path) == ["a.glb"]
+
+
+def test_a_lod_set_is_replaced_whole_or_not_at_all(tmp_path):
+    """A GLB and its LODs are written to scratch files and renamed together: an interrupt
+    while writing (here a destination that turned out to be a folder, checked first)
+    leaves the previous set as it was, and scratch files a killed run left are removed."""
+    previous = {tmp_path / name: b"old " + name.encode() for name in ("a.glb", "a_LOD0.glb", "a_LOD1.glb")}
+    write_set_atomically(previous)
+    (tmp_path / ".a_LOD1.glb.0123456789ab.partial").write_bytes(b"left by a killed run")
+    (tmp_path / "a_LOD2.glb").mkdir()
+    with pytest.raises(ValueError, match="a_LOD2.glb is a folder"):
+        write_set_atomically({**{path: b"new" for path in previous}, tmp_path / "a_LOD2.glb": b"new"})
+    assert {path: path.read_bytes() for path in previous} == previous
+    (tmp_path / "a_LOD2.glb").rmdir()
+    write_set_atomically({path: b"new" for path in previous})
+    assert files_under(tmp_path) == ["a.glb", "a_LOD0.glb", "a_LOD1.glb"]
+    assert all(path.read_bytes() == b"new" for path in previous)
 
 
 def test_views_of_an_existing_cli_case_still_write_nothing_on_a_missing_input(tmp_path, capsys):
