@@ -33,8 +33,8 @@ import trimesh
 from scipy import ndimage
 
 from recon.camera import PinholeCamera
-from recon.geometry import current_device, lattice, sample_views, signed_distance, working_volume
-from recon.render import MeshRenderer
+from recon.device import current_device
+from recon.geometry import covisible_colours, signed_distance, surface_depths, working_volume
 
 PRIOR_WEIGHT = 0.01
 NOISE_ROTATION_DEG = 0.4  # a corner of the unit sphere moves about a pixel at the v1.2 cameras' distance
@@ -89,7 +89,7 @@ def refine_cameras(
     that size cost as much as one pixel of shortfall on every outline ray. Each round finds
     the deepest point along every ray under the current cameras, then moves the cameras
     for ``steps_per_round`` steps with those points riding on their rays. Runs on the
-    device ``recon.geometry.on_device`` chose.
+    device ``recon.device.on_device`` chose.
     """
     with _few_threads():
         return _refine(_CoherenceProblem(masks, cameras, band_px, rays_per_view, current_device()), cameras,
@@ -269,34 +269,23 @@ def exposure_gains(
     view (their mean fixed at zero, so the overall exposure is the views' average), gives
     the gains. Dividing a view's colours by its gains compensates it.
     """
-    renderer = MeshRenderer(surface)
-    depths = np.stack([renderer.render(camera).depth for camera in cameras])
+    depths = surface_depths(surface, cameras)
     colours = np.stack([ndimage.gaussian_filter(image[..., :3], (blur_px, blur_px, 0)) for image in images])
-    maps = np.concatenate([depths[..., None], colours], axis=-1).astype(np.float32)
     count = len(cameras)
     rows, targets = [], []
-    for i, camera in enumerate(cameras):
-        inside = ndimage.binary_erosion(depths[i] > 0, iterations=2)
-        inside &= lattice(stride, inside.shape)  # a sparse lattice of points is plenty
-        origins, directions = camera.rays()
-        depth = depths[i][inside]
-        points = origins[inside] + directions[inside] * (depth / (directions[inside] @ camera.view_axis()))[:, None]
-        samples = sample_views(maps, cameras, points.astype(np.float32), 0.0)
-        for j, other in enumerate(cameras):
-            if j <= i:
-                continue
-            _, seen_depth = other.project(points)
-            visible = (samples[j, :, 0] > 0) & (np.abs(samples[j, :, 0] - seen_depth) < depth_tolerance)
-            ratios = np.log(np.maximum(samples[i, visible, 1:], 0.02) / np.maximum(samples[j, visible, 1:], 0.02))
-            # points the two views see as different colours are misregistered (an edge in
-            # the texture, the hull off the surface), not differently exposed
-            ratios = ratios[np.abs(ratios).max(axis=1) < 0.25]
-            if len(ratios) < 50:
-                continue
-            row = np.zeros(count)
-            row[i], row[j] = 1.0, -1.0
-            rows.append(row)
-            targets.append(np.median(ratios, axis=0))
+    inside = [ndimage.binary_erosion(depth > 0, iterations=2) for depth in depths]
+    for i, j, own, seen in covisible_colours(depths, colours, cameras, inside, lambda i: list(range(i + 1, count)),
+                                             np.full(count, depth_tolerance), stride):
+        ratios = np.log(np.maximum(own, 0.02) / np.maximum(seen, 0.02))
+        # points the two views see as different colours are misregistered (an edge in
+        # the texture, the hull off the surface), not differently exposed
+        ratios = ratios[np.abs(ratios).max(axis=1) < 0.25]
+        if len(ratios) < 50:
+            continue
+        row = np.zeros(count)
+        row[i], row[j] = 1.0, -1.0
+        rows.append(row)
+        targets.append(np.median(ratios, axis=0))
     rows.append(np.ones(count))  # the mean log gain is zero
     targets.append(np.zeros(3))
     log_gains, *_ = np.linalg.lstsq(np.stack(rows), np.stack(targets), rcond=None)

@@ -9,10 +9,8 @@ surface with sub-voxel accuracy. ``recon.stereo`` then takes away what silhouett
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ from scipy import ndimage
 from skimage import measure
 
 from recon.camera import PinholeCamera
+from recon.device import current_device
 from recon.render import MeshRenderer
 
 OUTSIDE_IMAGE = -1e3  # signed distance (pixels) for voxels projecting outside a view
@@ -113,32 +112,6 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return (ndimage.distance_transform_edt(mask) - ndimage.distance_transform_edt(~mask)).astype(np.float32)
 
 
-_DEVICE: ContextVar[torch.device] = ContextVar("recon_device", default=torch.device("cpu"))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@contextlib.contextmanager
-def on_device(device: str | torch.device) -> Iterator[torch.device]:
-    """Run reconstruction's torch work (the sampling of per-view maps at millions of
-    points, and camera refinement) on ``device`` within the block; the block's callers and
-    threads elsewhere keep theirs (a context variable, not a global)."""
-    token = _DEVICE.set(resolve_device(device))
-    try:
-        yield _DEVICE.get()
-    finally:
-        _DEVICE.reset(token)
-
-
-def current_device() -> torch.device:
-    return _DEVICE.get()
-
-
 def sample_views(maps: np.ndarray, cameras: list[PinholeCamera], points: np.ndarray, outside: float) -> np.ndarray:
     """Bilinear samples of per-view maps (V, H, W[, C]) at the projections of ``points`` (N, 3).
 
@@ -160,6 +133,38 @@ def sample_views(maps: np.ndarray, cameras: list[PinholeCamera], points: np.ndar
     sampled = torch.where(inside[..., None], sampled, torch.tensor(outside, dtype=sampled.dtype, device=device))
     sampled = sampled.cpu().numpy()
     return sampled if channels_last else sampled[..., 0]
+
+
+def surface_depths(surface: trimesh.Trimesh, cameras: list[PinholeCamera]) -> np.ndarray:
+    """Ray-cast depth (along each view axis, 0 where missed) of ``surface`` in every view, (V, H, W)."""
+    renderer = MeshRenderer(surface)
+    return np.stack([renderer.render(camera).depth for camera in cameras])
+
+
+def covisible_colours(
+    depths: np.ndarray, colours: np.ndarray, cameras: list[PinholeCamera], usable: list[np.ndarray],
+    others_of: Callable[[int], list[int]], tolerances: np.ndarray, stride: int,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Pairs of views looking at the same surface points: for each view, the points of the
+    surface (``depths``, from ``surface_depths``) at its ``usable`` pixels on a ``stride``
+    lattice, and for each of ``others_of(view)`` that sees them too (its depth there within
+    ``tolerances[other]``) the view's index, the other's, and both views' ``colours`` (V, H,
+    W, 3) of the points it sees. What views agree on about a surface (its colours, their
+    exposures) is read from these pairs."""
+    maps = np.concatenate([depths[..., None], colours], axis=-1).astype(np.float32)
+    for view, camera in enumerate(cameras):
+        others = others_of(view)
+        if not others:
+            continue
+        seen = usable[view] & (depths[view] > 0) & lattice(stride, depths[view].shape)
+        origins, directions = camera.rays()
+        distance = depths[view][seen] / (directions[seen] @ camera.view_axis())
+        points = (origins[seen] + directions[seen] * distance[:, None]).astype(np.float32)
+        own = colours[view][seen]
+        for other, sample in zip(others, sample_views(maps[others], [cameras[i] for i in others], points, 0.0)):
+            _, depth = cameras[other].project(points)
+            visible = (sample[:, 0] > 0) & (np.abs(sample[:, 0] - depth) < tolerances[other])
+            yield view, other, own[visible], sample[visible, 1:]
 
 
 def _grid_projection(camera: PinholeCamera) -> np.ndarray:

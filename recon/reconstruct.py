@@ -11,7 +11,8 @@ import numpy as np
 
 from recon.calibration import exposure_gains, refine_cameras
 from recon.camera import PinholeCamera
-from recon.geometry import extract_surface, on_device, silhouette_field
+from recon.device import on_device
+from recon.geometry import extract_surface, silhouette_field
 from recon.normal_map import bake_normal_map
 from recon.stereo import fuse_depth_maps, photo_inconsistency, sweep_depths
 from recon.surface import clean_surface, decimate
@@ -126,9 +127,10 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
         # Stereo must never leave the object worse than its hull: the views judge
         hull_score = photo_inconsistency(hull, images, cameras)
         fused_score = photo_inconsistency(extract_surface(fused, process=False), images, cameras)
-        details["stereo"] = {"kept": bool(fused_score <= hull_score), "hull_inconsistency": round(hull_score, 6),
+        kept = fused_score <= hull_score
+        details["stereo"] = {"kept": kept, "hull_inconsistency": round(hull_score, 6),
                              "fused_inconsistency": round(fused_score, 6)}
-        if fused_score <= hull_score:
+        if kept:
             field = fused
         phase("stereo check")
     dense = clean_surface(extract_surface(field))

@@ -36,7 +36,7 @@ from PIL import Image
 from scipy import ndimage
 
 from recon.camera import PinholeCamera
-from recon.geometry import VoxelField, lattice, sample_views
+from recon.geometry import VoxelField, covisible_colours, sample_views, surface_depths
 from recon.render import MeshRenderer
 
 
@@ -284,25 +284,14 @@ def photo_inconsistency(surface: trimesh.Trimesh, images: list[np.ndarray], came
 
     The right surface is the one the views agree on; a wrong depth that carved a pit shows
     each view a different part of the pit."""
-    renderer = MeshRenderer(surface)
-    depths = np.stack([renderer.render(camera).depth for camera in cameras])
     colours = np.stack([_foreground_blur(image) for image in images])
-    interior = np.stack([ndimage.binary_erosion(image[..., 3] > 0.5, iterations=2) for image in images])
-    maps = np.concatenate([depths[..., None], colours], axis=-1).astype(np.float32)
+    interior = [ndimage.binary_erosion(image[..., 3] > 0.5, iterations=2) for image in images]
+    tolerances = np.array([0.01 * np.linalg.norm(camera.position) for camera in cameras])
     total, count = 0.0, 0
-    for reference, camera in enumerate(cameras):
-        seen = interior[reference] & (depths[reference] > 0)
-        seen &= lattice(stride, seen.shape)
-        origins, directions = camera.rays()
-        distance = depths[reference][seen] / (directions[seen] @ camera.view_axis())
-        points = (origins[seen] + directions[seen] * distance[:, None]).astype(np.float32)
-        others = neighbours(cameras, reference, close_angle_deg)
-        samples = sample_views(maps[others], [cameras[i] for i in others], points, 0.0)
-        own = colours[reference][seen]
-        for other, sample in zip(others, samples):
-            _, depth = cameras[other].project(points)
-            visible = (sample[:, 0] > 0) & (np.abs(sample[:, 0] - depth) < 0.01 * np.linalg.norm(cameras[other].position))
-            visible &= np.abs(sample[:, 1:]).max(axis=1) < UNMATCHABLE
-            total += float(((sample[visible, 1:] - own[visible]) ** 2).sum())
-            count += int(visible.sum())
+    for _, _, own, seen in covisible_colours(surface_depths(surface, cameras), colours, cameras, interior,
+                                             lambda view: neighbours(cameras, view, close_angle_deg), tolerances,
+                                             stride):
+        matchable = np.abs(seen).max(axis=1) < UNMATCHABLE
+        total += float(((seen[matchable] - own[matchable]) ** 2).sum())
+        count += int(matchable.sum())
     return total / max(count, 1)

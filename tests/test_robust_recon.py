@@ -12,7 +12,8 @@ from scipy.spatial.transform import Rotation
 
 from recon.calibration import refine_cameras
 from recon.camera import PinholeCamera
-from recon.geometry import current_device, on_device, resolve_device, sample_views
+from recon.device import current_device, on_device, resolve_device
+from recon.geometry import sample_views
 from recon.reconstruct import ReconstructionOptions, reconstruct
 from recon.render import MeshRenderer
 from stages.reconstruct import to_pinhole
