@@ -87,7 +87,8 @@ def batch_text_to_3d(manifest: str, concurrency: int = 4, defaults: dict[str, An
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    data = read_input(manifest, settings().s3_endpoint_url)
+    current = settings()
+    data = read_input(manifest, current.s3_endpoint_url, current.max_manifest_bytes, "TEXT_TO_3D_MAX_MANIFEST_BYTES")
     rows = read_rows(data, Path(manifest).name.lower())
     target = store()
     outcomes: dict[int, Outcome] = {}

@@ -209,7 +209,8 @@ def _local_input(location: str) -> Path:
 
 def input_version(location: str, endpoint_url: str | None = None) -> tuple:
     """A cheap stamp that changes whenever a user's input file does, without reading it:
-    path, size and modification time locally, ETag and size on S3 (one HEAD request).
+    path, size and modification time locally, size and ETag on S3 (one HEAD request).
+    The second item is always the size in bytes.
 
     Raises ``ValueError`` naming the location when it does not exist.
     """
@@ -218,22 +219,38 @@ def input_version(location: str, endpoint_url: str | None = None) -> tuple:
         head = source.head(key)
         if head is None:
             raise ValueError(f"{location}: no such input object")
-        return location, endpoint_url, head["ETag"], head["ContentLength"]
+        return location, head["ContentLength"], endpoint_url, head["ETag"]
     path = _local_input(location)
     status = path.stat()
     return str(path.resolve()), status.st_size, status.st_mtime_ns
 
 
-def read_input(location: str, endpoint_url: str | None = None) -> bytes:
+def read_input(location: str, endpoint_url: str | None = None, max_bytes: int | None = None,
+               limit_setting: str = "") -> bytes:
     """The bytes of a user's input file: a local path or ``s3://bucket/key``.
 
-    Raises ``ValueError`` naming the location when it does not exist (bad input, never
-    retried); connection and throttling errors propagate so the caller can retry them.
+    With ``max_bytes``, a larger file is refused from its size alone (a stat or one HEAD
+    request), before any of it is read; the error names ``limit_setting``, the setting
+    that raises the limit. Raises ``ValueError`` naming the location when it does not exist
+    or is too large (bad input, never retried); connection and throttling errors propagate
+    so the caller can retry them.
     """
+    if max_bytes is not None:
+        _check_size(location, input_version(location, endpoint_url)[1], max_bytes, limit_setting)
     if location.startswith("s3://"):
         source, key = _s3_input(location, endpoint_url)
         try:
-            return source.get(key)
+            data = source.get(key)
         except FileNotFoundError:
             raise ValueError(f"{location}: no such input object") from None
-    return _local_input(location).read_bytes()
+    else:
+        data = _local_input(location).read_bytes()
+    if max_bytes is not None:  # the file may have grown since its size was read
+        _check_size(location, len(data), max_bytes, limit_setting)
+    return data
+
+
+def _check_size(location: str, size: int, max_bytes: int, limit_setting: str) -> None:
+    if size > max_bytes:
+        raise ValueError(f"{location}: {size:,} bytes, over the limit of {max_bytes:,}"
+                         + (f" (setting {limit_setting})" if limit_setting else ""))

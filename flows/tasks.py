@@ -105,7 +105,17 @@ def input_digest(location: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _digest_of_version(version: tuple, location: str, endpoint: str | None) -> str:
-    return sha256_of(read_input(location, endpoint))
+    return sha256_of(read_user_file(location))
+
+
+def read_user_file(location: str) -> bytes:
+    """A user's input file, a mesh refused from its size alone when over ``max_mesh_bytes``."""
+    from stages.retexture import MESH_FORMATS
+
+    current = settings()
+    if Path(location).suffix.lstrip(".").lower() in MESH_FORMATS:
+        return read_input(location, current.s3_endpoint_url, current.max_mesh_bytes, "TEXT_TO_3D_MAX_MESH_BYTES")
+    return read_input(location, current.s3_endpoint_url)
 
 
 @task(name="ingest-image", **STAGE)
@@ -114,7 +124,7 @@ def ingest_image(asset: str, location: str) -> dict:
     from stages.image_input import open_image
 
     target, started = store(), time.perf_counter()
-    data = read_input(location, settings().s3_endpoint_url)
+    data = read_user_file(location)
     open_image(data, name=location)
     return _stage_result({"image": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started)
 
@@ -125,10 +135,12 @@ def ingest_mesh(asset: str, location: str) -> dict:
     from stages.retexture import load_blockout
 
     target, started = store(), time.perf_counter()
-    data = read_input(location, settings().s3_endpoint_url)
+    data = read_user_file(location)
     mesh = load_blockout(data, Path(location).suffix.lstrip("."), name=location)
+    details = {"faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices)),
+               "repairs": mesh.metadata.get("repairs", {})}
     return _stage_result({"mesh": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started,
-                         details={"faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices))})
+                         details=details)
 
 
 @task(name="text-to-image", **GPU_STAGE)

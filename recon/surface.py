@@ -71,6 +71,30 @@ def clean_surface(
 
 
 @_one_at_a_time
+def repair_mesh(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, dict[str, int]]:
+    """Remove what no texture bake or engine import should meet: zero-area faces, repeated
+    faces, and the faces that make an edge non-manifold (pymeshlab keeps the two largest at
+    each such edge); then unreferenced vertices. Returns the mesh and how many of each went,
+    keyed by what they were; a mesh with nothing to remove comes back as it was, its
+    vertex and face order untouched."""
+    meshset = _to_meshset(mesh)
+    removed: dict[str, int] = {}
+    steps = (("degenerate faces", meshset.meshing_remove_null_faces),
+             ("duplicate faces", meshset.meshing_remove_duplicate_faces),
+             ("faces on non-manifold edges", meshset.meshing_repair_non_manifold_edges))
+    for what, step in steps:
+        before = meshset.current_mesh().face_number()
+        step()
+        if count := before - meshset.current_mesh().face_number():
+            removed[what] = count
+    if not removed:
+        return mesh, {}
+    meshset.meshing_remove_unreferenced_vertices()
+    current = meshset.current_mesh()
+    return trimesh.Trimesh(current.vertex_matrix(), current.face_matrix(), process=False), removed
+
+
+@_one_at_a_time
 def decimate(mesh: trimesh.Trimesh, target_faces: int, keep_bounds: bool = False) -> trimesh.Trimesh:
     """Quadric edge collapse to at most ``target_faces`` faces, keeping boundaries.
 

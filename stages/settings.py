@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     """Address of an existing Dask scheduler or Ray cluster; unset starts a local one."""
     max_workers: int = 4
     """Threads, or local Dask/Ray workers, that run stage tasks at once."""
+    max_mesh_bytes: int = 256 * 2**20
+    """Largest mesh file a request may name; checked before the file is read."""
+    max_manifest_bytes: int = 16 * 2**20
+    """Largest batch manifest; checked before the file is read."""
     models: dict[str, ModelOverride] = {}
     """Per-model overrides keyed by registry name (``sdxl-base``, ``sam-vit-huge``, ...)."""
 

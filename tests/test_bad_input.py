@@ -329,3 +329,68 @@ def test_views_of_an_existing_cli_case_still_write_nothing_on_a_missing_input(tm
     code, err = run_cli(["views", str(tmp_path / "nope.png"), "-o", str(tmp_path / "views")], capsys)
     assert_one_line_error(code, err, "nope.png: no such file")
     assert files_under(tmp_path) == []
+
+
+PLY_HEADER = (b"ply\nformat ascii 1.0\nelement vertex %d\nproperty float x\nproperty float y\nproperty float z\n"
+              b"element face %d\nproperty list uchar int vertex_indices\nend_header\n")
+ONE_TRIANGLE = b"0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"
+
+
+@pytest.mark.parametrize("declared, needle", [
+    ((3, 5_000_000), "the header declares 3 vertices and 5000000 faces; the file holds 3 and 1"),
+    ((9, 1), "the header declares 9 vertices and 1 faces"),
+])
+def test_a_ply_header_that_declares_more_than_the_file_holds_is_refused(declared, needle):
+    with pytest.raises(ValueError) as refused:
+        load_blockout(PLY_HEADER % declared + ONE_TRIANGLE, "ply", name="blockout.ply")
+    assert str(refused.value).startswith("blockout.ply: ") and needle in str(refused.value)
+    assert len(load_blockout(PLY_HEADER % (3, 1) + ONE_TRIANGLE, "ply", name="honest.ply").faces) == 1
+
+
+def test_a_mesh_over_the_byte_limit_is_refused_unread(tmp_path):
+    path = tmp_path / "big.obj"
+    path.write_bytes(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n" + b"# padding\n" * 100)
+    with pytest.raises(ValueError, match=r"big.obj: 1,032 bytes; a blockout may have at most 1,000"):
+        load_blockout(path, max_bytes=1000)
+    with pytest.raises(ValueError, match=r"upload.obj: 1,032 bytes; a blockout may have at most 1,000"):
+        load_blockout(path.read_bytes(), "obj", name="upload.obj", max_bytes=1000)
+
+
+def test_flows_refuse_a_mesh_or_manifest_over_its_setting_before_reading_it(tmp_path, monkeypatch):
+    """The request's asset id hashes the input file, so the limit holds there already,
+    from the file's size alone, naming the setting that raises it."""
+    from flows.batch import batch_text_to_3d
+    from flows.tasks import read_user_file
+
+    (tmp_path / "big.obj").write_bytes(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n" * 40)
+    (tmp_path / "rows.csv").write_text("prompt\n" + "a chest\n" * 40)
+    monkeypatch.setenv("TEXT_TO_3D_MAX_MESH_BYTES", "1000")
+    monkeypatch.setenv("TEXT_TO_3D_MAX_MANIFEST_BYTES", "100")
+    monkeypatch.setenv("TEXT_TO_3D_STORE", str(tmp_path / "store"))
+    with pytest.raises(ValueError, match=r"big.obj: 1,280 bytes, over the limit of 1,000 \(setting TEXT_TO_3D_MAX_MESH"):
+        read_user_file(str(tmp_path / "big.obj"))
+    with pytest.raises(ValueError, match=r"rows.csv: 327 bytes, over the limit of 100 \(setting TEXT_TO_3D_MAX_MANIFEST"):
+        batch_text_to_3d.fn(str(tmp_path / "rows.csv"))
+    assert files_under(tmp_path) == ["big.obj", "rows.csv"]
+
+
+def test_degenerate_duplicate_and_non_manifold_faces_are_removed_with_a_warning(caplog):
+    """A small fin on a box's edge (three faces at one edge), a face on one vertex twice
+    and a face given twice: each goes (at the edge, the smallest face), and the warning
+    names what went."""
+    import numpy as np
+    import trimesh
+
+    box = trimesh.creation.box()
+    edge = box.edges_unique[0]
+    vertices = np.vstack([box.vertices, [box.vertices[edge].mean(axis=0) * 1.1]])
+    faces = np.vstack([box.faces, [[edge[0], edge[1], 8]], [[0, 0, 1]], box.faces[:1]])
+    data = trimesh.Trimesh(vertices, faces, process=False).export(file_type="obj").encode()
+    with caplog.at_level("WARNING"):
+        mesh = load_blockout(data, "obj", name="fin.obj")
+    assert mesh.metadata["repairs"] == {"degenerate faces": 1, "duplicate faces": 1, "faces on non-manifold edges": 1}
+    assert len(mesh.faces) == 12 and mesh.is_watertight
+    assert "fin.obj: repaired the blockout, removing 1 degenerate faces, 1 duplicate faces, " \
+           "1 faces on non-manifold edges" in caplog.text
+    clean = load_blockout(box.export(file_type="obj").encode(), "obj", name="box.obj")
+    assert clean.metadata["repairs"] == {} and len(clean.faces) == 12
