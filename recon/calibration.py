@@ -285,8 +285,22 @@ def exposure_gains(
         row = np.zeros(count)
         row[i], row[j] = 1.0, -1.0
         rows.append(row)
-        targets.append(np.median(ratios, axis=0))
+        targets.append(_mode(ratios))
     rows.append(np.ones(count))  # the mean log gain is zero
     targets.append(np.zeros(3))
     log_gains, *_ = np.linalg.lstsq(np.stack(rows), np.stack(targets), rcond=None)
     return np.exp(log_gains)
+
+
+def _mode(ratios: np.ndarray, windows: tuple[float, ...] = (0.1, 0.05, 0.025)) -> np.ndarray:
+    """The most common log ratio per channel: the median of the ratios near the previous
+    estimate, in shrinking windows. Points the two views see on the same surface share
+    one ratio, the exposure difference; misregistered ones (the hull off the surface in a
+    concavity) spread widely and, where the texture is not symmetric, would bias a plain
+    median by several per cent (6 % in blue on a mug whose hull fills its cup)."""
+    estimate = np.median(ratios, axis=0)
+    for window in windows:
+        near = np.abs(ratios - estimate) < window
+        estimate = np.array([np.median(ratios[near[:, channel], channel]) if near[:, channel].any()
+                             else estimate[channel] for channel in range(ratios.shape[1])])
+    return estimate
