@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from recon.camera import PinholeCamera
 from recon.export import export_glb, normalise_for_engine
-from recon.gltf_validation import validate_glb
+from recon.gltf_validation import ValidatorUnavailable, validate_glb
 from recon.nerfstudio import export_nerfstudio
 from recon.reconstruct import Progress, ReconstructionOptions, reconstruct
 from recon.texture import TexturedMesh
@@ -196,13 +196,14 @@ def validate_exports(paths: list[Path]) -> dict[str, int | str]:
     """Run the Khronos glTF-Validator on every GLB; raise if any has an error.
 
     Returns the summed error and warning counts, or ``{"validator": "unavailable: ..."}``
-    where Node.js or the validator is not installed (a worker image without it).
+    where Node.js or the validator is not installed (a worker image without it). A validator
+    that fails on a file raises its message: that file was not shown to be valid.
     """
     errors = warnings = 0
     for path in paths:
         try:
             report = validate_glb(path)
-        except RuntimeError as error:
+        except ValidatorUnavailable as error:
             return {"validator": f"unavailable: {error}"}
         errors += report["issues"]["numErrors"]
         warnings += report["issues"]["numWarnings"]
