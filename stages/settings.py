@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     """Address of an existing Dask scheduler or Ray cluster; unset starts a local one."""
     max_workers: int = 4
     """Threads, or local Dask/Ray workers, that run stage tasks at once."""
+    lock_dir: Path | None = None
+    """Where stage locks live (one writer per asset stage): a folder every worker sees, on a
+    shared file system when workers on several machines share one store; default: ``locks``
+    beside Prefect's local result storage."""
     models: dict[str, ModelOverride] = {}
     """Per-model overrides keyed by registry name (``sdxl-base``, ``sam-vit-huge``, ...)."""
 
