@@ -180,8 +180,8 @@ def content_revision(resolved: ResolvedModel) -> str:
 
 
 def _content_of(path: Path) -> str:
-    for folder in (path, *path.parents):
-        if folder.parent.name == "snapshots":
+    for folder in (path, *path.parents):  # the hub cache: models--{owner}--{name}/snapshots/{commit}
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
             return folder.name
     files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
     stamps = tuple((file.relative_to(path).as_posix() if file != path else path.name, file.stat().st_size,
