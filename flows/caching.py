@@ -120,10 +120,11 @@ def stored_digest(store: ArtifactStore, key: str) -> str:
 
 
 def outputs_intact(result: Any, asset: str, store: ArtifactStore) -> bool:
-    """Whether every output a stage result names is in this store with its SHA-256 and size."""
+    """Whether every output a stage result names is in this store with its SHA-256 and size.
+    Each output is read whole (a few MB a stage): the checksum recorded beside an object says
+    what was written, only its bytes say what is there now."""
     try:
-        outputs = result["outputs"].items()
-        for _, stored in outputs:
+        for stored in result["outputs"].values():
             uri = stored["uri"]
             key = uri[uri.index(f"{asset}/"):]
             if store.uri(key) != uri:
