@@ -301,10 +301,11 @@ def test_results_are_plain_json_and_a_missing_altered_or_planted_result_is_recom
 
 
 def test_two_concurrent_runs_of_one_request_compute_each_stage_once(with_u2netp, inputs):
-    local = with_u2netp
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import get_current_settings
+
+    local = with_u2netp
 
     asset, arguments = _mesh_request(inputs, seed=12)
     current = get_current_settings()
