@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed
 from pydantic import ValidationError
 
 from flows.assets import read_manifest, slugify
+from flows.caching import PLAIN_JSON
 from flows.plans import plan_for
 from flows.requests import (AssetOptions, AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest,
                             request_asset_id, validation_reasons)
@@ -76,7 +77,7 @@ def _outcome_row(number: int, outcome: Outcome) -> dict[str, Any]:
 
 
 @flow(name="batch-text-to-3d", flow_run_name="batch-{manifest}", task_runner=make_task_runner(),
-      validate_parameters=True)
+      validate_parameters=True, result_serializer=PLAIN_JSON)
 def batch_text_to_3d(manifest: str, concurrency: int = 4, defaults: dict[str, Any] | None = None) -> Any:
     """One asset per manifest row; returns every row's outcome (the run fails if any row did).
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.caching import PLAIN_JSON
 from flows.requests import AssetOptions, MeshTo3DRequest
 from flows.runner import make_task_runner, run_name, run_one
 
 
-@flow(name="mesh-to-3d", flow_run_name=run_name, task_runner=make_task_runner(), validate_parameters=True)
+@flow(name="mesh-to-3d", flow_run_name=run_name, task_runner=make_task_runner(), validate_parameters=True,
+      result_serializer=PLAIN_JSON)
 def mesh_to_3d(mesh: str, prompt: str | None = None, image: str | None = None, seed: int = 0,
                options: AssetOptions = AssetOptions()) -> str:
     """Texture a blockout mesh from generated views; returns the manifest URI.

@@ -19,6 +19,7 @@ from prefect import task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.assets import StageRecord, build_manifest, write_manifest
+from flows.caching import PLAIN_JSON
 from flows.plans import STAGE_ORDER, Plan, Step
 from flows.requests import AssetRequest
 from flows.store import StoredObject
@@ -55,18 +56,17 @@ def _record(stage_result: dict) -> StageRecord:
                        details=stage_result.get("details", {}))
 
 
-@task(name="manifest", **RETRIES)
+@task(name="manifest", result_serializer=PLAIN_JSON, **RETRIES)
 def finish_asset(asset: str, request: dict, results: dict, started: datetime, parent: str | None = None) -> str:
-    """Write the manifest (the asset's last write: now it is complete) and publish the
-    asset's lineage artifacts in the Prefect UI; returns the manifest's URI."""
+    """Publish the asset's lineage artifacts in the Prefect UI, then write the manifest (the
+    asset's last write: now it is complete); returns the manifest's URI."""
     from flows.artifacts import publish_asset_artifacts
 
     target = store()
     records = {name: _record(result) for name, result in results.items()}
     manifest = build_manifest(asset, request, records, started, parent)
-    stored = write_manifest(target, asset, manifest)
     publish_asset_artifacts(target, asset, manifest)
-    return stored.uri
+    return write_manifest(target, asset, manifest).uri
 
 
 def gpu_resources(submitted_task: Any) -> contextlib.AbstractContextManager:

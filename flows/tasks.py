@@ -1,11 +1,13 @@
 """The stage tasks every flow is wired from.
 
 Each task loads its inputs from the artifact store by key, calls one stage function, stores
-its outputs under ``{asset_id}/{stage}/`` and returns a small dict: the stored objects
-(uri, sha256, bytes), the models used, seconds and details. Tasks are cached on their inputs
-and source code with persisted results, so a rerun of the same request skips every finished
-stage, and only transient failures are retried: out of GPU memory, S3 throttling and
-connection errors, timeouts. Bad input fails at once.
+its outputs under ``{asset_id}/{stage}/`` and returns a small dict of plain JSON: the stored
+objects (uri, sha256, bytes), the models used, seconds and details. Results are persisted as
+JSON and cached on everything that decides them (``flows/caching.py``), so a rerun of the
+same request skips every finished stage whose outputs are still intact, and two runs of one
+request take turns on each stage. Only transient failures are retried: out of GPU memory,
+S3 throttling, connection errors and network timeouts. Bad input, and a stage that overran
+its own time limit, fail at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import logging
 import tempfile
 import time
@@ -20,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
+from flows.caching import PLAIN_JSON, ModelsOf, stage_cache
 from flows.store import ArtifactStore, input_version, open_store, read_input, sha256_of
 
 TRANSIENT_S3_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "InternalError",
@@ -29,11 +32,16 @@ TRANSIENT_S3_CODES = {"Throttling", "ThrottlingException", "SlowDown", "RequestT
 
 
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry out-of-memory, network, throttling and timeout failures; never bad input."""
+    """Retry out-of-memory, network, throttling and network-timeout failures; never bad input,
+    and never a stage that overran its own time limit (it would overrun again, twice)."""
     import torch
     from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from prefect.task_engine import TaskRunTimeoutError
 
     error = state.result(raise_on_failure=False)
+    if isinstance(error, TaskRunTimeoutError):
+        return False
+    # socket and urllib3 read timeouts are TimeoutErrors; botocore's are HTTPClientErrors
     if isinstance(error, (torch.OutOfMemoryError, BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
         return True
     if isinstance(error, ClientError):
@@ -57,8 +65,13 @@ class _ThreadTimeoutNotice(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=is_transient)
-STAGE = dict(RETRIES, cache_policy=INPUTS + TASK_SOURCE, persist_result=True, timeout_seconds=3600)
-GPU_STAGE = dict(STAGE, tags=["gpu"])
+
+
+def stage(models: ModelsOf | None = None, gpu: bool = False) -> dict[str, Any]:
+    """A stage task's options. ``models`` names the registry models a call runs, from its
+    arguments: such a stage works on the settings' device. ``gpu`` stages take a GPU slot."""
+    return dict(RETRIES, cache_policy=stage_cache(models, on_device=models is not None), persist_result=True,
+                result_serializer=PLAIN_JSON, timeout_seconds=3600, tags=["gpu"] if gpu else [])
 
 
 def settings() -> Any:
@@ -73,8 +86,17 @@ def store() -> ArtifactStore:
 
 
 def _stage_result(outputs: dict, started: float, models: list | None = None, details: dict | None = None) -> dict:
-    return {"outputs": outputs, "models": models or [], "seconds": time.perf_counter() - started,
-            "details": details or {}}
+    """A stage's result as plain JSON data (numpy numbers become Python's), so a run gets
+    the same value whether the stage ran or its stored result was reused."""
+    result = {"outputs": outputs, "models": models or [], "seconds": time.perf_counter() - started,
+              "details": details or {}}
+    return json.loads(json.dumps(result, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"a stage result holds a {type(value).__name__}, which is not plain JSON data")
 
 
 def _put_png(target: ArtifactStore, key: str, image: Any) -> dict[str, Any]:
@@ -118,7 +140,7 @@ def read_user_file(location: str) -> bytes:
     return read_input(location, current.s3_endpoint_url)
 
 
-@task(name="ingest-image", **STAGE)
+@task(name="ingest-image", **stage())
 def ingest_image(asset: str, location: str) -> dict:
     """Copy a user's photo into the asset, checked: PNG, JPEG or WebP, within size limits."""
     from stages.image_input import open_image
@@ -129,7 +151,7 @@ def ingest_image(asset: str, location: str) -> dict:
     return _stage_result({"image": target.put(f"{asset}/input/{Path(location).name}", data).to_dict()}, started)
 
 
-@task(name="ingest-mesh", **STAGE)
+@task(name="ingest-mesh", **stage())
 def ingest_mesh(asset: str, location: str) -> dict:
     """Copy a user's blockout mesh into the asset, checked to be a readable triangle mesh."""
     from stages.retexture import load_blockout
@@ -143,7 +165,7 @@ def ingest_mesh(asset: str, location: str) -> dict:
                          details=details)
 
 
-@task(name="text-to-image", **GPU_STAGE)
+@task(name="text-to-image", **stage(lambda arguments: [arguments["model"]], gpu=True))
 def image_stage(asset: str, prompt: str, seed: int, model: str, steps: int | None, size: int | None) -> dict:
     from stages.model_cache import get_model
     from stages.text_to_image import text_to_image
@@ -157,7 +179,8 @@ def image_stage(asset: str, prompt: str, seed: int, model: str, steps: int | Non
                          [loaded.record()], details)
 
 
-@task(name="cutout", **GPU_STAGE)
+@task(name="cutout", **stage(lambda arguments: ["u2netp"] + (["sam-vit-huge"] if arguments["segmenter"] == "sam"
+                                                             else []), gpu=True))
 def cutout_stage(asset: str, image_key: str, segmenter: str) -> dict:
     from stages.cutout import cut_out
     from stages.model_cache import get_model
@@ -176,7 +199,7 @@ def cutout_stage(asset: str, image_key: str, segmenter: str) -> dict:
                          {"warnings": result.warnings, **result.metadata})
 
 
-@task(name="depth-grid", **STAGE)
+@task(name="depth-grid", **stage())
 def depth_grid_stage(asset: str, mesh_key: str, version: str) -> dict:
     """The depth ControlNet's condition: the blockout's depth at the six poses."""
     from stages.retexture import blockout_depth_grid, load_blockout
@@ -187,7 +210,8 @@ def depth_grid_stage(asset: str, mesh_key: str, version: str) -> dict:
     return _stage_result({"depth_grid": _put_png(target, f"{asset}/depth/depth_grid.png", grid)}, started)
 
 
-@task(name="six-views", **GPU_STAGE)
+@task(name="six-views", **stage(lambda arguments: [f"zero123plus-{arguments['version']}"] + (
+    ["controlnet-zp11-depth-v1"] if arguments.get("depth_key") else []), gpu=True))
 def six_views_stage(asset: str, reframed_key: str, version: str, steps: int, seed: int,
                     depth_key: str | None = None, conditioning_scale: float = 1.0) -> dict:
     from stages.model_cache import get_model
@@ -223,23 +247,23 @@ def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: flo
     return _stage_result(outputs, started, models, details)
 
 
-@task(name="reconstruct", **STAGE)
+@task(name="reconstruct", **stage(lambda arguments: ["u2netp"]))
 def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
                       lods: int, height: float, normal_map: bool = False) -> dict:
     from stages.reconstruct import reconstruct_views, view_matting_model
 
-    target, started = store(), time.perf_counter()
-    u2net = view_matting_model(settings())
+    target, current, started = store(), settings(), time.perf_counter()
+    u2net = view_matting_model(current)
     with tempfile.TemporaryDirectory() as scratch:
         grid = Path(scratch) / "grid.png"
         grid.write_bytes(target.get(grid_key))
         # No lock: an onnxruntime session runs concurrent calls safely.
         mesh = reconstruct_views(grid, version, target_faces=target_faces, texture_size=texture_size,
-                                 normal_map=normal_map, u2net=u2net.model if u2net else None)
+                                 normal_map=normal_map, u2net=u2net.model if u2net else None, device=current.device)
     return _export(target, asset, mesh, lods, height, started, texture_size, [u2net.record()] if u2net else [])
 
 
-@task(name="retexture", **STAGE)
+@task(name="retexture", **stage())
 def retexture_stage(asset: str, mesh_key: str, grid_key: str, version: str, texture_size: int, lods: int) -> dict:
     """Bake the views onto the studio's mesh; its coordinates are kept (no engine normalisation)."""
     from stages.retexture import load_blockout, retexture
@@ -251,7 +275,7 @@ def retexture_stage(asset: str, mesh_key: str, grid_key: str, version: str, text
     return _export(target, asset, textured, lods, None, started, texture_size)
 
 
-@task(name="previews", **STAGE)
+@task(name="previews", **stage())
 def preview_stage(asset: str, glb_key: str, size: int) -> dict:
     from stages.preview import load_asset_mesh, render_previews
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.caching import PLAIN_JSON
 from flows.requests import AssetOptions, TextTo3DRequest
 from flows.runner import make_task_runner, run_name, run_one
 
 
-@flow(name="text-to-3d", flow_run_name=run_name, task_runner=make_task_runner(), validate_parameters=True)
+@flow(name="text-to-3d", flow_run_name=run_name, task_runner=make_task_runner(), validate_parameters=True,
+      result_serializer=PLAIN_JSON)
 def text_to_3d(prompt: str, seed: int = 0, blockout: str | None = None,
                options: AssetOptions = AssetOptions()) -> str:
     """A prompt to a validated, previewed GLB with LODs in the store; returns the manifest URI.

@@ -19,7 +19,12 @@ from recon.camera import PinholeCamera
 
 
 def export_nerfstudio(images: list[np.ndarray], cameras: list[PinholeCamera], folder: str | Path) -> Path:
-    """Write ``images/``, ``masks/`` and ``transforms.json`` into ``folder`` (replaced whole)."""
+    """Write ``images/``, ``masks/`` and ``transforms.json`` into ``folder`` (replaced whole).
+
+    The dataset is written into a scratch folder beside ``folder`` and swapped in: an existing
+    ``folder`` is renamed aside first and removed only once the new one is in place (put back
+    if the swap fails), so a failure at any point leaves a whole dataset under the name.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = folder.parent / f".{folder.name}.partial-{secrets.token_hex(6)}"
@@ -44,10 +49,23 @@ def export_nerfstudio(images: list[np.ndarray], cameras: list[PinholeCamera], fo
             })
         document = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
         (scratch / "transforms.json").write_text(json.dumps(document, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(scratch, folder)
+        _swap_in(scratch, folder)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return folder
+
+
+def _swap_in(scratch: Path, folder: Path) -> None:
+    """Rename ``scratch`` to ``folder``; a previous ``folder`` goes aside, then away."""
+    if not folder.exists():
+        os.replace(scratch, folder)
+        return
+    previous = folder.parent / f".{folder.name}.previous-{secrets.token_hex(6)}"
+    os.replace(folder, previous)
+    try:
+        os.replace(scratch, folder)
+    except BaseException:
+        os.replace(previous, folder)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)

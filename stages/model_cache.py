@@ -208,6 +208,12 @@ def _resolve_once(spec: ModelSpec) -> ResolvedModel:
     return resolve(spec)
 
 
+def resolved_model(name: str, settings: Settings) -> ResolvedModel:
+    """The files and revision ``get_model`` loads for the registry model ``name`` (resolved
+    once per process), without loading it: what a stage's cache key records."""
+    return _resolve_once(model_spec(name, settings))
+
+
 # Keyed by id: a model evicted and collected may pass its id, and so its lock, to a later
 # model, which only makes them take turns.
 _MODEL_LOCKS: dict[int, threading.Lock] = {}

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from recon.camera import PinholeCamera
 from recon.export import export_glb, normalise_for_engine
-from recon.gltf_validation import validate_glb
+from recon.gltf_validation import ValidatorUnavailable, validate_glb
 from recon.nerfstudio import export_nerfstudio
 from recon.reconstruct import Progress, ReconstructionOptions, reconstruct
 from recon.texture import TexturedMesh
@@ -165,19 +165,22 @@ def reconstruct_views(
     nerfstudio_dir: str | Path | None = None,
     normal_map: bool = False,
     u2net: Any | None = None,
+    device: str = "auto",
 ) -> TexturedMesh:
     """Load, mat and reconstruct six views; the mesh is in the cameras' world frame.
 
     ``nerfstudio_dir`` also writes the matted views, masks and cameras in nerfstudio's format;
     ``normal_map`` also bakes a tangent-space normal map from the dense surface; ``u2net``
     (an onnxruntime session of u2netp, see :func:`view_matting_model`) mats the views by
-    colour and u2netp together, ``None`` by colour alone.
+    colour and u2netp together, ``None`` by colour alone. ``device`` runs reconstruction's
+    torch work (the settings' device, read as every stage reads it).
     """
     source = Path(source)
     images = to_rgba_views(open_views(source), u2net)
     cameras_json = source / "cameras.json" if source.is_dir() else None
     cameras = six_view_cameras(version, images[0].shape[1], cameras_json)
-    options = ReconstructionOptions(target_faces=target_faces, texture_size=texture_size, normal_map=normal_map)
+    options = ReconstructionOptions(target_faces=target_faces, texture_size=texture_size, normal_map=normal_map,
+                                    device=device)
     asset = reconstruct(images, cameras, options, progress)
     if nerfstudio_dir is not None:
         export_nerfstudio(images, cameras, nerfstudio_dir)
@@ -196,13 +199,14 @@ def validate_exports(paths: list[Path]) -> dict[str, int | str]:
     """Run the Khronos glTF-Validator on every GLB; raise if any has an error.
 
     Returns the summed error and warning counts, or ``{"validator": "unavailable: ..."}``
-    where Node.js or the validator is not installed (a worker image without it).
+    where Node.js or the validator is not installed (a worker image without it). A validator
+    that fails on a file raises its message: that file was not shown to be valid.
     """
     errors = warnings = 0
     for path in paths:
         try:
             report = validate_glb(path)
-        except RuntimeError as error:
+        except ValidatorUnavailable as error:
             return {"validator": f"unavailable: {error}"}
         errors += report["issues"]["numErrors"]
         warnings += report["issues"]["numWarnings"]

@@ -9,6 +9,7 @@ no repository code is ever fetched or run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -169,6 +170,35 @@ def _resolve_folder(spec: ModelSpec, source: str, patterns: list[str], download:
 def _revision_of(folder: Path) -> str:
     """The commit of a hub snapshot (its folder name), or ``local`` for a plain folder."""
     return folder.name if folder.parent.name == "snapshots" else "local"
+
+
+def content_revision(resolved: ResolvedModel) -> str:
+    """What a resolved model's files are, never a branch name: the hub commit of a snapshot,
+    else the SHA-256 of the local file or folder. A moved branch, a new mirror or a weights
+    file replaced in place is a new revision (stage cache keys hold it)."""
+    return "+".join(_content_of(path) for path in (resolved.path, resolved.weights) if path is not None)
+
+
+def _content_of(path: Path) -> str:
+    for folder in (path, *path.parents):  # the hub cache: models--{owner}--{name}/snapshots/{commit}
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+            return folder.name
+    files = [path] if path.is_file() else sorted(file for file in path.rglob("*") if file.is_file())
+    stamps = tuple((file.relative_to(path).as_posix() if file != path else path.name, file.stat().st_size,
+                    file.stat().st_mtime_ns) for file in files)
+    return _digest_of_files(str(path), stamps)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of_files(root: str, stamps: tuple) -> str:
+    """SHA-256 over each file's name and bytes: memoised on the files' sizes and times, so a
+    worker reads a large local model once, not on every stage."""
+    digest = hashlib.sha256()
+    base = Path(root)
+    for name, _size, _mtime in stamps:
+        with open(base if base.is_file() else base / name, "rb") as stream:
+            digest.update(name.encode() + b"\0" + hashlib.file_digest(stream, "sha256").digest())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def fetch(spec: ModelSpec) -> ResolvedModel:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     """Largest mesh file a request may name; checked before the file is read."""
     max_manifest_bytes: int = 16 * 2**20
     """Largest batch manifest; checked before the file is read."""
+    lock_dir: Path | None = None
+    """Where stage locks live (one writer per asset stage): a folder every worker sees, on a
+    shared file system when workers on several machines share one store; default: ``locks``
+    beside Prefect's local result storage."""
     models: dict[str, ModelOverride] = {}
     """Per-model overrides keyed by registry name (``sdxl-base``, ``sam-vit-huge``, ...)."""
 
