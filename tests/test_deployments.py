@@ -95,7 +95,16 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
             time.sleep(1)
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=330)
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
-        assert list((tmp_path / "store").glob("*/manifest.json"))
+        [manifest] = (tmp_path / "store").glob("*/manifest.json")
+        # the summary shows its previews in the UI: embedded thumbnails, no file:// images
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with get_client(sync_client=True) as client:
+            [summary] = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{manifest.parent.name}-summary"])))
+        assert "file://" not in summary.data
+        assert summary.data.count("](data:image/") == 6, summary.data[:2000]
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
