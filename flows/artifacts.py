@@ -79,9 +79,13 @@ def thumbnail_data_uri(data: bytes, name: str, max_chars: int = THUMBNAIL_MAX_CH
     raise ValueError(f"{name}: no thumbnail fits in {max_chars} characters")
 
 
+def _is_url(location: str) -> bool:
+    return location.startswith(("https://", "http://"))
+
+
 def _file_reference(location: str, text: str) -> str:
     """A markdown link for a URL, the path itself (as code) for a local file."""
-    return f"[{text}]({location})" if location.startswith(("https://", "http://")) else f"`{location}`"
+    return f"[{text}]({location})" if _is_url(location) else f"`{location}`"
 
 
 def summary_markdown(store: ArtifactStore, asset: str, manifest: dict[str, Any]) -> str:
@@ -124,8 +128,10 @@ def publish_asset_artifacts(store: ArtifactStore, asset: str, manifest: dict[str
     create_table_artifact(stage_table(manifest), key=f"{asset}-stages", description=f"asset {asset}: stages")
     # Link artifacts only where the store gives URLs: a local path is no link a browser follows.
     for stage, output, name in LINKED:
-        if output in manifest["stages"].get(stage, {}).get("outputs", {}):
-            link = store.link(key_of(manifest["stages"][stage], output, asset))
-            if link.startswith(("https://", "http://")):
-                create_link_artifact(link, link_text=f"{asset} {name}", key=f"{asset}-{name}",
-                                     description=f"asset {asset}: {stage}/{output}")
+        record = manifest["stages"].get(stage)
+        if record is None or output not in record["outputs"]:
+            continue
+        link = store.link(key_of(record, output, asset))
+        if _is_url(link):
+            create_link_artifact(link, link_text=f"{asset} {name}", key=f"{asset}-{name}",
+                                 description=f"asset {asset}: {stage}/{output}")

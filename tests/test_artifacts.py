@@ -203,9 +203,9 @@ def test_serve_on_another_port_serves_a_ui_that_asks_the_api_on_that_port(tmp_pa
                 [artifact] = client.read_artifacts(
                     artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{asset}-summary"])))
         page = f"{base}{ui_settings['v2_base_url']}/artifacts/artifact/{artifact.id}"
-        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--virtual-time-budget=20000", "--dump-dom", page],
-                             capture_output=True, text=True, timeout=120).stdout
+        headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--virtual-time-budget=20000"]
+        dom = subprocess.run([*headless, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
         assert asset in dom, dom[-2000:]
         assert len(re.findall(r'<img[^>]+src="data:image/(?:png|jpeg|webp|gif);base64,', dom)) == 6
         assert "file://" not in dom
