@@ -73,8 +73,11 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
     try:
         if api_url is None:
             api_url = f"http://127.0.0.1:{port}/api"
+            # `prefect server start --port` moves only the API: the UI it serves asks the API
+            # at PREFECT_UI_API_URL (a proxy's address, when set), else at PREFECT_API_URL,
+            # else at the default port 4200.
             children.append(subprocess.Popen([_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                             env=env))
+                                             env={**env, "PREFECT_API_URL": api_url}))
         _wait_healthy(api_url)
         env["PREFECT_API_URL"] = api_url
         prefect = _prefect()

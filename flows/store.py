@@ -41,7 +41,9 @@ class ArtifactStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def uri(self, key: str) -> str: ...
-    def link(self, key: str) -> str: ...
+    def link(self, key: str) -> str:
+        """Where a person finds the full file: a presigned HTTPS URL, or a local path."""
+        ...
 
 
 def sha256_of(data: bytes) -> str:
@@ -65,8 +67,9 @@ class LocalStore:
         return (self.root / _check_key(key)).as_uri()
 
     def link(self, key: str) -> str:
-        """What a browser on this machine opens: the file's URI."""
-        return self.uri(key)
+        """Where a person on this machine finds the file: its plain path (a browser page
+        opens no ``file://`` link, and a path is what a shell or file manager takes)."""
+        return str(self.root / _check_key(key))
 
     def put(self, key: str, data: bytes) -> StoredObject:
         # imported here: flow modules must import light (``prefect deploy`` loads them), and
@@ -99,15 +102,18 @@ class S3Store:
     MULTIPART_BYTES = 16 * 2**20
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 max_attempts: int = 5, connect_timeout: float = 5.0, read_timeout: float = 60.0) -> None:
+                 max_attempts: int = 5, connect_timeout: float = 5.0, read_timeout: float = 60.0,
+                 link_seconds: int = 24 * 3600) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.link_seconds = link_seconds
         # botocore retries throttling, 5xx and connection errors with backoff; a task-level
-        # retry sits above this for longer outages.
+        # retry sits above this for longer outages. Links are signed with SigV4: boto3 would
+        # presign with SigV2, which AWS regions opened since 2014 refuse.
         config = Config(retries={"max_attempts": max_attempts, "mode": "adaptive"},
-                        connect_timeout=connect_timeout, read_timeout=read_timeout)
+                        connect_timeout=connect_timeout, read_timeout=read_timeout, signature_version="s3v4")
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
     def _object_key(self, key: str) -> str:
@@ -116,10 +122,10 @@ class S3Store:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
-    def link(self, key: str, expires_seconds: int = 7 * 24 * 3600) -> str:
-        """A presigned HTTPS URL (a week by default), so the Prefect UI can show the file."""
+    def link(self, key: str) -> str:
+        """A presigned HTTPS URL that expires after ``link_seconds`` (settings: a day)."""
         return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._object_key(key)}, ExpiresIn=expires_seconds)
+            "get_object", Params={"Bucket": self.bucket, "Key": self._object_key(key)}, ExpiresIn=self.link_seconds)
 
     @contextmanager
     def _reaching(self, key: str, action: str) -> Iterator[None]:
@@ -183,13 +189,14 @@ class S3Store:
             raise
 
 
-def open_store(location: str, endpoint_url: str | None = None, max_attempts: int = 5) -> ArtifactStore:
+def open_store(location: str, endpoint_url: str | None = None, max_attempts: int = 5,
+               link_seconds: int = 24 * 3600) -> ArtifactStore:
     """``s3://bucket/prefix`` gives an S3 store, anything else a local folder."""
     if location.startswith("s3://"):
         bucket, _, prefix = location[len("s3://"):].partition("/")
         if not bucket:
             raise ValueError(f"{location!r}: an S3 store needs a bucket (s3://bucket/prefix)")
-        return S3Store(bucket, prefix, endpoint_url, max_attempts=max_attempts)
+        return S3Store(bucket, prefix, endpoint_url, max_attempts=max_attempts, link_seconds=link_seconds)
     return LocalStore(location)
 
 

@@ -82,7 +82,7 @@ def settings() -> Any:
 
 def store() -> ArtifactStore:
     current = settings()
-    return open_store(current.store, current.s3_endpoint_url, current.s3_max_attempts)
+    return open_store(current.store, current.s3_endpoint_url, current.s3_max_attempts, current.link_seconds)
 
 
 def _stage_result(outputs: dict, started: float, models: list | None = None, details: dict | None = None) -> dict:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_ENV = "TEXT_TO_3D_CONFIG"
@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     """S3-compatible endpoint (MinIO, R2, a local test server); AWS when unset."""
     s3_max_attempts: int = 5
     """boto3's own attempts per S3 request (adaptive backoff) before a stage sees the error."""
+    link_seconds: int = Field(24 * 3600, ge=1, le=7 * 24 * 3600)
+    """Lifetime of the presigned S3 links in the Prefect UI's artifacts (S3 allows up to a week)."""
     model_cache_dir: Path = Path("~/.cache/text-to-3d").expanduser()
     """Where ``models fetch`` puts files that do not come from the Hugging Face hub (u2netp)."""
     device: str = "auto"

@@ -58,6 +58,44 @@ def test_infra_files_parse_and_ask_for_gpus():
     assert placeholders <= set(variables), placeholders - set(variables)
 
 
+def _env_example() -> dict[str, str]:
+    lines = (ROOT / "infra" / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_compose_reads_every_credential_from_infra_env_and_the_worker_has_its_own_bucket_key():
+    text = (ROOT / "infra" / "compose.yaml").read_text()
+    services = yaml.safe_load(text)["services"]
+    # every variable compose needs is documented, with no value: infra/.env holds them, uncommitted
+    example = _env_example()
+    assert set(re.findall(r"\$\{(\w+):\?", text)) == set(example) and not any(example.values())
+    assert "/infra/.env" in (ROOT / ".gitignore").read_text().splitlines()
+    for service in services.values():
+        for name, value in service.get("environment", {}).items():
+            if re.search(r"PASSWORD|SECRET|ACCESS_KEY|ROOT_USER", name):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", value), f"{name} is not read from infra/.env"
+    database_url = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert "${POSTGRES_PASSWORD:?" in database_url
+
+    # the worker's key is not the root key: minio-init creates it with a policy on one bucket
+    worker = services["gpu-worker"]
+    assert worker["environment"]["AWS_ACCESS_KEY_ID"].startswith("${WORKER_ACCESS_KEY:?")
+    assert worker["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${WORKER_SECRET_KEY:?")
+    assert worker["depends_on"]["minio-init"] == {"condition": "service_completed_successfully"}
+    bucket = worker["environment"]["TEXT_TO_3D_STORE"].removeprefix("s3://").split("/")[0]
+    init = services["minio-init"]
+    [script] = init["command"]
+    assert f"mc mb --ignore-existing store/{bucket}" in script
+    assert 'mc admin user add store "$$WORKER_ACCESS_KEY" "$$WORKER_SECRET_KEY"' in script
+    assert 'mc admin policy attach store text-to-3d-worker --user "$$WORKER_ACCESS_KEY"' in script
+    [mount] = init["volumes"]
+    policy = json.loads((ROOT / "infra" / mount.split(":")[0]).read_text())
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert set(statement["Resource"]) <= {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+        assert all(action.startswith("s3:") and "*" not in action for action in statement["Action"])
+
+
 @pytest.fixture
 def prefect_api():
     from prefect.settings import get_current_settings
@@ -95,7 +133,16 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
             time.sleep(1)
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=330)
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
-        assert list((tmp_path / "store").glob("*/manifest.json"))
+        [manifest] = (tmp_path / "store").glob("*/manifest.json")
+        # the summary shows its previews in the UI: embedded thumbnails, no file:// images
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with get_client(sync_client=True) as client:
+            [summary] = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{manifest.parent.name}-summary"])))
+        assert "file://" not in summary.data
+        assert summary.data.count("](data:image/") == 6, summary.data[:2000]
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
