@@ -4,27 +4,34 @@ Generated views show an object lit: the same surface is brighter where it faces 
 Baked as it is, that shading sticks to the texture and an engine lights it a second time.
 Lambertian shading under lighting fixed in the world (the same in every view) is a smooth
 function of the surface normal alone, which second-order spherical harmonics (nine
-coefficients) capture to within a few per cent (Ramamoorthi and Hanrahan, 2001). Texture is
-the other way round: a function of position on the surface that changes sharply and has
-nothing to do with the normal. So, with the albedo taken as constant, the luminance of many
-surface points fitted as a function of their normals finds the shading; texture is noise
-around that fit that averages out, and what stands out from it (decals, highlights,
-misregistered points) is down-weighted by iteratively reweighted least squares. Texture
-that follows the normal (a dark sole, a painted top) fits as shading too; white light
-shades the three colour channels alike and such texture rarely does, so the channels' own
-fits disagreeing as much as the shading varies says the fit is texture, and nothing is
-divided out. That keeps flat-lit views (and unshaded textures) as they are.
+coefficients) capture closely (Ramamoorthi and Hanrahan, 2001). Texture is the other way
+round: a function of position on the surface that changes sharply and has nothing to do
+with the normal. So, with the albedo taken as constant, the luminance of many surface points
+fitted as a function of their normals finds the shading; texture is noise around that fit
+that averages out, and what stands out from it (decals, highlights, misregistered points)
+is down-weighted by iteratively reweighted least squares.
 
-Points come from the co-visibility walk (``recon.geometry.covisible_colours``): a point
-two views see in the same colour is where the surface is right (its normal can be trusted)
-and shows no view-dependent highlight. The fit runs on linear light (the views are sRGB),
-where shading multiplies the albedo. Its scale is unknowable (a bright object under dim
-light looks like a dim one under bright light), so it is set by the convention renders are
-exposed by: a surface squarely facing the light shows its albedo. The brightest shading the
-views show is 1; de-lighting brightens what lies in shade to match and never darkens what
-the views showed. (Normalising to the surface's mean shading instead keeps the texture's
-mean brightness but leaves every colour darker than its albedo by the mean shading: on the
-shaded benchmark views that cost the de-lit texture all its gain over the lit one.)
+The fit is of the logarithm of the luminance: shading multiplies the albedo, so in logs the
+texture adds to it, whatever its contrast (a dark globe's oceans and bright continents differ
+twentyfold, and a fit of the luminance itself follows the dark majority below zero); the
+fitted shading is positive by construction; and the logarithm of linear light is that of
+the sRGB values times about 2.4, so the fit hardly depends on which of the two the views'
+renderer shaded in.
+
+Texture that follows the normal (a dark sole, a painted top) fits as shading too. White
+light shades the three colour channels alike and such texture rarely does, so where the
+channels' own fits disagree as much as the shading varies, the fit is texture and nothing
+is divided out: flat-lit views (and unshaded textures) stay as they are.
+
+Points come from the co-visibility walk (``recon.geometry.covisible_colours``): a point two
+views see in the same colour is where the surface is right (its normal can be trusted) and
+shows no view-dependent highlight. The shading's scale is unknowable (a bright object under
+dim light looks like a dim one under bright light), so it is set by the convention renders
+are exposed by: a surface squarely facing the light shows its albedo. The brightest shading
+the views show is 1; de-lighting brightens what lies in shade to match, and never darkens
+what the views showed. (Normalising to the surface's mean shading instead keeps the
+texture's mean brightness but leaves every colour darker than its albedo by the mean
+shading: on the shaded benchmark views that cost the de-lit texture all its gain.)
 
 Written by hand: no library fits spherical-harmonic lighting to a mesh and its views.
 """
@@ -42,28 +49,29 @@ from recon.geometry import covisible_colours
 from recon.render import MeshRenderer
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709, of linear RGB
+DARKEST = 1e-3  # linear light: colours are floored here before their logarithm
 MIN_POINTS = 200
 
 
 @dataclass(frozen=True)
 class Lighting:
     """Second-order spherical-harmonic shading in the world frame: ``coefficients`` (9,) of
-    the real basis (``sh_basis``), scaled so the brightest shading the views show is 1, and
-    clamped to the range they show (``low``, ``high``), so normals no view saw well are not
-    extrapolated to. ``variation`` is the shading's spread over the surface relative to its
-    mean (area-weighted), ``noise`` how far the three colour channels' own fits stray from it;
-    ``applied`` says whether the bake divides it out."""
+    its natural logarithm in the real basis (``sh_basis``), offset so the brightest shading
+    the views show is 1, and clamped below to the darkest they show (``low``, a log), so
+    normals no view saw well are not extrapolated to. ``variation`` is the log shading's
+    spread over the surface (area-weighted standard deviation; 0.1 is about 10 %), ``noise``
+    how far the three colour channels' own fits stray from it; ``applied`` says whether the
+    bake divides it out."""
 
     coefficients: np.ndarray
     low: float
-    high: float
     variation: float
     noise: float
     applied: bool
 
     def shading(self, normals: np.ndarray) -> np.ndarray:
-        """The shading (N,) at unit world ``normals`` (N, 3), 1 on the surface's average."""
-        return np.clip(sh_basis(normals) @ self.coefficients, self.low, self.high)
+        """The shading (N,) at unit world ``normals`` (N, 3), at most 1."""
+        return np.exp(np.clip(sh_basis(normals) @ self.coefficients, self.low, 0.0))
 
     def remove(self, colour: np.ndarray, normals: np.ndarray) -> np.ndarray:
         """sRGB ``colour`` (N, 3) of surface points with ``normals`` (N, 3), the shading
@@ -72,12 +80,12 @@ class Lighting:
         return linear_to_srgb(linear).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"applied": self.applied, "sh_coefficients": np.round(self.coefficients, 5).tolist(),
-                "shading_range": [round(self.low, 4), round(self.high, 4)],
+        return {"applied": self.applied, "log_sh_coefficients": np.round(self.coefficients, 5).tolist(),
+                "darkest_shading": round(float(np.exp(self.low)), 4),
                 "variation": round(self.variation, 5), "noise": round(self.noise, 5)}
 
 
-_NEUTRAL = Lighting(np.eye(9)[0] / 0.282095, 1.0, 1.0, 0.0, 0.0, False)  # shading 1 everywhere
+NEUTRAL = Lighting(np.zeros(9), 0.0, 0.0, 0.0, False)  # shading 1 everywhere
 
 
 def sh_basis(normals: np.ndarray) -> np.ndarray:
@@ -102,16 +110,21 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
 
 def estimate_lighting(
     surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera], stride: int = 2,
-    depth_tolerance: float = 0.01, agreement: float = 0.1, min_variation: float = 0.05,
+    depth_tolerance: float = 0.01, agreement: float = 0.1, texture_share: float = 0.5,
+    min_variation: float = 0.05,
 ) -> Lighting:
     """Fit the shading of ``surface`` (the dense reconstruction) seen in RGBA ``images``.
 
     Points on a ``stride`` lattice of each view that another view sees within
-    ``depth_tolerance`` and in a colour within ``agreement`` (log ratio) give one luminance
-    and one normal each. The luminance's fit is applied when its ``variation`` exceeds both
-    its ``noise`` (the channels' disagreement: texture posing as shading, see the module's
-    docstring) and ``min_variation``: a shading that varies less is within the views' own
-    noise and invisible, and dividing it out would only rescale the texture.
+    ``depth_tolerance`` and in a colour within ``agreement`` (log ratio) give one colour and
+    one normal each. The luminance's fit is applied when its ``variation`` exceeds both
+    ``texture_share`` times its ``noise`` and ``min_variation``. The noise is the channels'
+    disagreement (texture posing as shading, see the module's docstring), each channel
+    weighted by its share of the luminance; of it, the luminance's fit inherits less, as the
+    channels' variations partly cancel in their sum (on flat-lit views of the benchmark's cow,
+    whose colour is three unrelated waves over its surface, the fit varied 0.14 against a
+    noise of 0.36). A shading that varies less than ``min_variation`` is within the views'
+    own noise and invisible, and dividing it out would only rescale the texture.
     """
     renderer = MeshRenderer(surface)
     renders = [renderer.render(camera) for camera in cameras]
@@ -123,45 +136,43 @@ def estimate_lighting(
     colours, normals = [], []
     for _, _, own, seen in covisible_colours(depths, maps, cameras, inside, lambda i: list(range(i + 1, count)),
                                              np.full(count, depth_tolerance), stride):
-        own_colour, seen_colour = np.maximum(own[:, :3], 1e-3), np.maximum(seen[:, :3], 1e-3)
+        own_colour, seen_colour = np.maximum(own[:, :3], DARKEST), np.maximum(seen[:, :3], DARKEST)
         agree = np.abs(np.log(own_colour / seen_colour)).max(axis=1) < agreement
         colours.append(((own_colour + seen_colour) / 2)[agree])
         normals.append(own[agree, 3:])
     colour, normal = np.concatenate(colours), np.concatenate(normals)
     if len(colour) < MIN_POINTS:  # too little seen twice to tell shading from texture
-        return _NEUTRAL
+        return NEUTRAL
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     basis = sh_basis(normal)
     face_basis = sh_basis(surface.face_normals)
     areas = surface.area_faces / surface.area
 
-    def fit(values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Coefficients, their shading on the faces scaled to average 1 over the surface,
-        and the fit's weights."""
-        c, weights = fit_shading(basis, values, weights)
+    def centred(c: np.ndarray) -> np.ndarray:
+        """The log shading of ``c`` on the faces, less its surface mean (the albedo's share)."""
         shading = face_basis @ c
-        return c, shading / float(areas @ shading), weights
+        return shading - areas @ shading
 
-    coefficients, shading, weights = fit(colour @ LUMINANCE)
-    variation = float(np.sqrt(areas @ (shading - 1) ** 2))
+    coefficients, weights = fit_shading(basis, np.log(colour @ LUMINANCE))
+    shading = centred(coefficients)
+    variation = float(np.sqrt(areas @ shading**2))
     # white light shades every channel alike; albedo that follows the normal rarely does.
-    # The channels are fitted to the points the luminance's fit kept, with its weights: on
-    # their own, a channel in which two paints differ tenfold picks one of them.
-    channel_shadings = np.stack([fit(colour[:, channel], weights)[1] for channel in range(3)])
-    noise = float(np.sqrt(areas @ ((channel_shadings - shading) ** 2).mean(axis=0)))
+    # The channels are fitted to the points the luminance's fit kept, with its weights (on
+    # their own, a channel in which two paints differ tenfold may settle on either).
+    channels = np.stack([centred(fit_shading(basis, np.log(colour[:, channel]), weights)[0]) for channel in range(3)])
+    noise = float(np.sqrt(areas @ (LUMINANCE @ (channels - shading) ** 2)))
     seen = (basis @ coefficients)[weights > 0]
-    low, high = float(seen.min()), float(seen.max())
-    applied = bool(low > 0 and variation > max(noise, min_variation))
-    if high <= 0:
-        return _NEUTRAL
-    return Lighting(coefficients / high, max(low / high, 1e-3), 1.0, variation, noise, applied)
+    coefficients = coefficients - np.eye(9)[0] * seen.max() / 0.282095  # the brightest seen is 1
+    low = float(seen.min() - seen.max())
+    applied = variation > max(texture_share * noise, min_variation)
+    return Lighting(coefficients, low, variation, noise, applied)
 
 
 def fit_shading(basis: np.ndarray, values: np.ndarray, weights: np.ndarray | None = None, iterations: int = 8,
                 tuning: float = 4.685, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """SH coefficients (9,) with ``basis @ c`` fitting ``values`` as a constant albedo times
-    shading, by iteratively reweighted least squares on the relative residual (Tukey's
-    biweight at ``tuning`` robust standard deviations), and the final weights; given
+    """SH coefficients (9,) with ``basis @ c`` fitting ``values`` (log colours: the log
+    albedo, taken as constant, plus the log shading) by iteratively reweighted least squares
+    (Tukey's biweight at ``tuning`` robust standard deviations), and the final weights; given
     ``weights``, by one least-squares solve with them. ``ridge`` keeps the fit defined where
     the normals cover few directions (a box shows six)."""
     regulariser = ridge * len(values) * np.diag([0.0] + [1.0] * 8)
@@ -172,7 +183,7 @@ def fit_shading(basis: np.ndarray, values: np.ndarray, weights: np.ndarray | Non
         coefficients = np.linalg.solve(weighted.T @ basis + regulariser, weighted.T @ values)
         if fixed:
             break
-        residual = values / np.maximum(basis @ coefficients, 1e-6) - 1
+        residual = values - basis @ coefficients
         scale = max(1.4826 * float(np.median(np.abs(residual - np.median(residual)))), 1e-6)
         u = residual / (tuning * scale)
         weights = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
