@@ -19,9 +19,10 @@ the sRGB values times about 2.4, so the fit hardly depends on which of the two t
 renderer shaded in.
 
 Texture that follows the normal (a dark sole, a painted top) fits as shading too. White
-light shades the three colour channels alike and such texture rarely does, so where the
-channels' own fits disagree as much as the shading varies, the fit is texture and nothing
-is divided out: flat-lit views (and unshaded textures) stay as they are.
+light shades the three colour channels alike and such texture rarely does, so the channels'
+own fits tell the two apart: what they share beyond what their disagreement explains is
+shading. Where that is not clearly more than texture, nothing is divided out: flat-lit
+views (and unshaded textures) stay as they are.
 
 Points come from the co-visibility walk (``recon.geometry.covisible_colours``): a point two
 views see in the same colour is where the surface is right (its normal can be trusted) and
@@ -59,9 +60,10 @@ class Lighting:
     its natural logarithm in the real basis (``sh_basis``), offset so the brightest shading
     the views show is 1, and clamped below to the darkest they show (``low``, a log), so
     normals no view saw well are not extrapolated to. ``variation`` is the log shading's
-    spread over the surface (area-weighted standard deviation; 0.1 is about 10 %), ``noise``
-    how far the three colour channels' own fits stray from it; ``applied`` says whether the
-    bake divides it out."""
+    spread over the surface (area-weighted standard deviation; 0.1 is about 10 %) with the
+    share of texture that follows the normal taken out, ``noise`` that share (both from the
+    colour channels' own fits, see ``estimate_lighting``); ``applied`` says whether the bake
+    divides it out."""
 
     coefficients: np.ndarray
     low: float
@@ -110,21 +112,18 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
 
 def estimate_lighting(
     surface: trimesh.Trimesh, images: list[np.ndarray], cameras: list[PinholeCamera], stride: int = 2,
-    depth_tolerance: float = 0.01, agreement: float = 0.1, texture_share: float = 0.5,
+    depth_tolerance: float = 0.01, agreement: float = 0.1, significance: float = 0.5,
     min_variation: float = 0.05,
 ) -> Lighting:
     """Fit the shading of ``surface`` (the dense reconstruction) seen in RGBA ``images``.
 
     Points on a ``stride`` lattice of each view that another view sees within
     ``depth_tolerance`` and in a colour within ``agreement`` (log ratio) give one colour and
-    one normal each. The luminance's fit is applied when its ``variation`` exceeds both
-    ``texture_share`` times its ``noise`` and ``min_variation``. The noise is the channels'
-    disagreement (texture posing as shading, see the module's docstring), each channel
-    weighted by its share of the luminance; of it, the luminance's fit inherits less, as the
-    channels' variations partly cancel in their sum (on flat-lit views of the benchmark's cow,
-    whose colour is three unrelated waves over its surface, the fit varied 0.14 against a
-    noise of 0.36). A shading that varies less than ``min_variation`` is within the views'
-    own noise and invisible, and dividing it out would only rescale the texture.
+    one normal each. The luminance's fit is applied when the shading's estimated spread
+    (``variation``, texture that follows the normal taken out, see below) exceeds both
+    ``significance`` times the texture's share in it (``noise``), below which the estimate,
+    a difference of two variances, is within its own error, and ``min_variation``: a shading
+    that varies less is invisible, and dividing it out would only rescale the texture.
     """
     renderer = MeshRenderer(surface)
     renders = [renderer.render(camera) for camera in cameras]
@@ -154,17 +153,19 @@ def estimate_lighting(
         return shading - areas @ shading
 
     coefficients, weights = fit_shading(basis, np.log(colour @ LUMINANCE))
-    shading = centred(coefficients)
-    variation = float(np.sqrt(areas @ shading**2))
-    # white light shades every channel alike; albedo that follows the normal rarely does.
-    # The channels are fitted to the points the luminance's fit kept, with its weights (on
-    # their own, a channel in which two paints differ tenfold may settle on either).
+    # Each channel's fit holds the shading, the same in all three under white light, plus
+    # its own texture that follows the normal. Their mean over the channels holds the
+    # shading and a third of the textures' (unrelated between channels); their spread
+    # about that mean, two thirds of the textures' and no shading: so the shading's
+    # variance is the mean's less half the spread's.
     channels = np.stack([centred(fit_shading(basis, np.log(colour[:, channel]), weights)[0]) for channel in range(3)])
-    noise = float(np.sqrt(areas @ (LUMINANCE @ (channels - shading) ** 2)))
+    common = channels.mean(axis=0)
+    noise = float(np.sqrt(areas @ ((channels - common) ** 2).mean(axis=0) / 2))
+    variation = float(np.sqrt(max(areas @ common**2 - noise**2, 0.0)))
     seen = (basis @ coefficients)[weights > 0]
     coefficients = coefficients - np.eye(9)[0] * seen.max() / 0.282095  # the brightest seen is 1
     low = float(seen.min() - seen.max())
-    applied = variation > max(texture_share * noise, min_variation)
+    applied = variation > max(significance * noise, min_variation)
     return Lighting(coefficients, low, variation, noise, applied)
 
 
