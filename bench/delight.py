@@ -11,8 +11,9 @@ fetched): with the lighting divided out (the default) and with ``--keep-lighting
 are scored against the ground truth's *unlit* albedo: at recon_quality's four held-out
 views, the PSNR of the result's texture rendered unlit, over the union of both masks.
 Under ``realistic`` the de-lit texture should come closer; under ``perfect`` (flat-lit
-views) de-lighting should change nothing. ``lighting`` is what reconstruction recorded:
-whether the shading was applied, its spread over the surface and the channels' disagreement.
+views) de-lighting should change nothing. ``lighting`` is what reconstruction recorded
+(``recon.lighting.Lighting``): whether the shading was divided out, its estimated spread
+over the surface (``variation``) and the share of texture that follows the normal (``noise``).
 """
 
 from __future__ import annotations

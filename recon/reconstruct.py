@@ -148,11 +148,11 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
         phase("exposure compensation")
     lighting = None
     if options.delight:
-        lighting = estimate_lighting(dense, images, cameras)
-        details["lighting"] = lighting.to_dict()
+        estimate = estimate_lighting(dense, images, cameras)
+        details["lighting"] = estimate.to_dict()
+        lighting = estimate if estimate.applied else None
         phase("lighting estimate")
-    textured = bake_base_colour(surface, images, cameras, options.texture_size,
-                                lighting=lighting if lighting is not None and lighting.applied else None)
+    textured = bake_base_colour(surface, images, cameras, options.texture_size, lighting=lighting)
     phase("UV unwrap and texture bake")
     if options.normal_map:
         textured = replace(textured, normal_texture=bake_normal_map(textured, dense))

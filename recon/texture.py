@@ -116,8 +116,8 @@ def bake_base_colour(
     weight that grows with how squarely the view faces the surface and with the distance to
     that view's silhouette edge, where generated views are least reliable. Texels no view
     sees take the colour of the nearest baked texel (``TexelSurface.fill``). ``lighting``
-    (``recon.lighting``) is divided out of every texel's colour at its normal: the views'
-    shading, the same in each of them, is divided out of their blend alike.
+    (``recon.lighting``) is divided out of every texel's colour at its normal: the shading
+    is the same in every view, so dividing it out of their blend divides it out of each.
     """
     vertex_of, faces, uv = unwrap(mesh, texture_size)
     vertices = np.asarray(mesh.vertices)[vertex_of]
