@@ -139,9 +139,9 @@ def estimate_lighting(
         agree = np.abs(np.log(own_colour / seen_colour)).max(axis=1) < agreement
         colours.append(((own_colour + seen_colour) / 2)[agree])
         normals.append(own[agree, 3:])
-    colour, normal = np.concatenate(colours), np.concatenate(normals)
-    if len(colour) < MIN_POINTS:  # too little seen twice to tell shading from texture
+    if sum(len(c) for c in colours) < MIN_POINTS:  # too little seen twice to tell shading from texture
         return NEUTRAL
+    colour, normal = np.concatenate(colours), np.concatenate(normals)
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     basis = sh_basis(normal)
     face_basis = sh_basis(surface.face_normals)

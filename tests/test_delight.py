@@ -102,3 +102,9 @@ def test_the_lit_texture_is_kept_on_request():
     assert parser.parse_args(["reconstruct", "grid.png", "-o", "asset.glb", "--keep-lighting"]).keep_lighting
     assert not parser.parse_args(["reconstruct", "grid.png", "-o", "asset.glb"]).keep_lighting
     assert AssetOptions(keep_lighting=True).keep_lighting and not AssetOptions().keep_lighting
+
+
+def test_views_that_share_no_surface_leave_the_colour_alone(checkered):
+    images, cameras = shaded_views(checkered, directional)
+    lighting = estimate_lighting(checkered, images[:1], cameras[:1])
+    assert not lighting.applied and np.allclose(lighting.shading(checkered.vertex_normals), 1.0)
