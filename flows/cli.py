@@ -112,6 +112,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
         args.views, args.version, target_faces=args.target_faces, texture_size=args.texture_size,
         progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
         nerfstudio_dir=args.export_nerfstudio, normal_map=args.normal_map, u2net=u2net.model if u2net else None,
+        delight=not args.keep_lighting,
     )
     paths = export_asset(asset, args.output, lods=args.lods, height=args.height)
     for path in paths:
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--height", type=_bounded(float, check_height), default=1.0, help="asset height in metres")
     rebuild.add_argument("--normal-map", action="store_true",
                          help="also bake a tangent-space normal map from the dense surface")
+    rebuild.add_argument("--keep-lighting", action="store_true",
+                         help="keep the views' lighting in the base colour (default: estimated and divided out)")
     rebuild.add_argument("--colour-matte", action="store_true",
                          help="mat the views by background colour alone, without u2netp (used when fetched)")
     rebuild.add_argument("--export-nerfstudio", metavar="DIR", help="also write views, masks, transforms.json")

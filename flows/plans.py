@@ -70,7 +70,7 @@ def generated_shape_plan(request: TextTo3DRequest | ImageTo3DRequest, asset: str
     results["recon"] = yield reconstruct_stage, dict(
         asset=asset, grid_key=key_of(results["views"], "grid", asset), version=request.version,
         target_faces=options.target_faces, texture_size=options.texture_size, normal_map=options.normal_map,
-        lods=options.lods, height=options.height)
+        keep_lighting=options.keep_lighting, lods=options.lods, height=options.height)
     results["previews"] = yield from _previews(request, asset, results)
     return results
 

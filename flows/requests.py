@@ -35,6 +35,8 @@ class AssetOptions(BaseModel):
     texture_size: TextureSize = Field(1024, description="side of the base-colour texture: a power of two")
     normal_map: bool = Field(False, description="also bake a tangent-space normal map of the dense surface's detail "
                                                 "(reconstruction only)")
+    keep_lighting: bool = Field(False, description="keep the views' lighting in the base colour instead of "
+                                                   "dividing it out (reconstruction only)")
     lods: Lods = Field(3, description="LOD0 plus halvings of the face count")
     height: Height = Field(1.0, description="height in metres of a reconstructed asset")
     preview_size: int = Field(256, ge=32, le=1024, description="tile side of the contact sheet and turntable")

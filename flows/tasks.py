@@ -249,7 +249,7 @@ def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: flo
 
 @task(name="reconstruct", **stage(lambda arguments: ["u2netp"]))
 def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
-                      lods: int, height: float, normal_map: bool = False) -> dict:
+                      lods: int, height: float, normal_map: bool = False, keep_lighting: bool = False) -> dict:
     from stages.reconstruct import reconstruct_views, view_matting_model
 
     target, current, started = store(), settings(), time.perf_counter()
@@ -259,7 +259,8 @@ def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int
         grid.write_bytes(target.get(grid_key))
         # No lock: an onnxruntime session runs concurrent calls safely.
         mesh = reconstruct_views(grid, version, target_faces=target_faces, texture_size=texture_size,
-                                 normal_map=normal_map, u2net=u2net.model if u2net else None, device=current.device)
+                                 normal_map=normal_map, u2net=u2net.model if u2net else None, device=current.device,
+                                 delight=not keep_lighting)
     return _export(target, asset, mesh, lods, height, started, texture_size, [u2net.record()] if u2net else [])
 
 

@@ -13,6 +13,7 @@ from recon.calibration import exposure_gains, refine_cameras
 from recon.camera import PinholeCamera
 from recon.device import on_device
 from recon.geometry import VoxelField, extract_surface, silhouette_field
+from recon.lighting import estimate_lighting
 from recon.normal_map import bake_normal_map
 from recon.stereo import fuse_depth_maps, photo_inconsistency, sweep_depths
 from recon.surface import clean_surface, decimate
@@ -40,7 +41,9 @@ class ReconstructionOptions:
     ``truncation_voxels``. ``normal_map`` also bakes a tangent-space normal map carrying the
     dense surface's detail onto the decimated one. ``device`` runs the torch parts (view
     sampling in the field, stereo and bake; camera refinement) on ``"cpu"``, ``"cuda"``,
-    or with ``"auto"`` on a CUDA device when there is one."""
+    or with ``"auto"`` on a CUDA device when there is one. ``delight`` estimates the views'
+    lighting (``recon.lighting``) and divides it out of the base colour, so engines do not
+    light the shading a second time; off, the texture keeps the lighting it was seen in."""
 
     refine_cameras: bool = True
     exposure_compensation: bool = True
@@ -58,6 +61,7 @@ class ReconstructionOptions:
     target_faces: int = 20000
     texture_size: int = 1024
     normal_map: bool = False
+    delight: bool = True
     device: str = "auto"
 
 
@@ -129,10 +133,10 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
         images = [np.dstack([image[..., :3] / gain, image[..., 3:]]) for image, gain in zip(images, gains)]
         phase("exposure compensation")
         # The sweep read the views' exposure differences as colour mismatches. Gains from
-        # the dense surface are good to about a per cent (on perfect views of five of
-        # the shared meshes all came out within 2 %), while the hull's are biased by several where it
-        # leaves the surface, as in a mug's cup. So, beyond that noise, the sweep runs
-        # again on the compensated views.
+        # the dense surface are good to about a per cent (on perfect views of five of the
+        # shared meshes all came out within 2 %), while the hull's are biased by several
+        # where it leaves the surface, as in a mug's cup. So, beyond that noise, the sweep
+        # runs again on the compensated views.
         if options.stereo and np.abs(np.log(gains)).max() > options.exposure_noise:
             field, details["stereo"] = _carve(hull_field, images, cameras, options)
             dense = clean_surface(extract_surface(field))
@@ -140,7 +144,13 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
             phase("stereo again, exposure compensated")
     surface = decimate(dense, options.target_faces)
     phase("decimation")
-    textured = bake_base_colour(surface, images, cameras, options.texture_size)
+    lighting = None
+    if options.delight:
+        estimate = estimate_lighting(dense, images, cameras)
+        details["lighting"] = estimate.to_dict()
+        lighting = estimate if estimate.applied else None
+        phase("lighting estimate")
+    textured = bake_base_colour(surface, images, cameras, options.texture_size, lighting=lighting)
     phase("UV unwrap and texture bake")
     if options.normal_map:
         textured = replace(textured, normal_texture=bake_normal_map(textured, dense))

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from recon.camera import PinholeCamera
 from recon.geometry import sample_views, signed_distance
+from recon.lighting import Lighting
 from recon.render import MeshRenderer, barycentric_weights, sample_texture
 
 
@@ -107,13 +108,16 @@ def bake_base_colour(
     cameras: list[PinholeCamera],
     texture_size: int = 1024,
     edge_falloff_px: float = 6.0,
+    lighting: Lighting | None = None,
 ) -> TexturedMesh:
     """Unwrap ``mesh`` and bake a base-colour texture from RGBA ``images`` (0..1).
 
     Per texel, every view that sees it (ray-cast visibility) contributes its colour with a
     weight that grows with how squarely the view faces the surface and with the distance to
     that view's silhouette edge, where generated views are least reliable. Texels no view
-    sees take the colour of the nearest baked texel (``TexelSurface.fill``).
+    sees take the colour of the nearest baked texel (``TexelSurface.fill``). ``lighting``
+    (``recon.lighting``) is divided out of every texel's colour at its normal: the shading
+    is the same in every view, so dividing it out of their blend divides it out of each.
     """
     vertex_of, faces, uv = unwrap(mesh, texture_size)
     vertices = np.asarray(mesh.vertices)[vertex_of]
@@ -147,6 +151,8 @@ def bake_base_colour(
 
     seen = weight_sum > 1e-6
     colour = np.where(seen[:, None], colour_sum / np.maximum(weight_sum, 1e-6)[:, None], 0.0)
+    if lighting is not None:
+        colour = lighting.remove(colour, normals)
     return TexturedMesh(vertices, faces, uv, texels.fill(colour, seen), vertex_normals)
 
 

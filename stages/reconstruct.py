@@ -166,6 +166,7 @@ def reconstruct_views(
     normal_map: bool = False,
     u2net: Any | None = None,
     device: str = "auto",
+    delight: bool = True,
 ) -> TexturedMesh:
     """Load, mat and reconstruct six views; the mesh is in the cameras' world frame.
 
@@ -173,14 +174,15 @@ def reconstruct_views(
     ``normal_map`` also bakes a tangent-space normal map from the dense surface; ``u2net``
     (an onnxruntime session of u2netp, see :func:`view_matting_model`) mats the views by
     colour and u2netp together, ``None`` by colour alone. ``device`` runs reconstruction's
-    torch work (the settings' device, read as every stage reads it).
+    torch work (the settings' device, read as every stage reads it). ``delight=False`` keeps
+    the views' lighting in the base colour instead of dividing it out.
     """
     source = Path(source)
     images = to_rgba_views(open_views(source), u2net)
     cameras_json = source / "cameras.json" if source.is_dir() else None
     cameras = six_view_cameras(version, images[0].shape[1], cameras_json)
     options = ReconstructionOptions(target_faces=target_faces, texture_size=texture_size, normal_map=normal_map,
-                                    device=device)
+                                    device=device, delight=delight)
     asset = reconstruct(images, cameras, options, progress)
     if nerfstudio_dir is not None:
         export_nerfstudio(images, cameras, nerfstudio_dir)

@@ -191,6 +191,7 @@ def test_the_normal_map_option_reaches_the_reconstruct_stage_and_its_glbs(s3, in
     # how the mesh was made reaches the stage's details: one camera correction per view
     assert len(result["details"]["camera_refinement"]["corrections"]) == 6
     assert {"kept", "hull_inconsistency", "fused_inconsistency"} <= set(result["details"]["stereo"])
+    assert {"applied", "log_sh_coefficients"} <= set(result["details"]["lighting"])
     for name in ("asset", "asset_LOD1"):
         glb = tmp_path / f"{name}.glb"
         glb.write_bytes(s3.store.get(key_of(result, name, asset)))
