@@ -213,7 +213,7 @@ def naive_baseline(grid_views: list, cameras: list[PinholeCamera], resolution: i
 
 
 def run_case(truth: trimesh.Trimesh, name: str, protocol: str, seed: int, scratch: Path,
-             save_grids: Path | None) -> dict:
+             save_grids: Path | None, extra_args: tuple[str, ...] = ()) -> dict:
     """One mesh under one protocol: both reconstructions and their metrics."""
     grid = render_grid(truth, protocol, np.random.default_rng([seed, zlib.crc32(name.encode())]))
     grid_path = scratch / f"{name}_{protocol}.png"
@@ -223,7 +223,7 @@ def run_case(truth: trimesh.Trimesh, name: str, protocol: str, seed: int, scratc
     output = scratch / f"{name}_{protocol}.glb"
     cli = Path(sys.executable).with_name("text-to-3d")
     start = time.perf_counter()
-    process = subprocess.run([cli, "reconstruct", grid_path, "-o", output, "--lods", "1"],
+    process = subprocess.run([cli, "reconstruct", grid_path, "-o", output, "--lods", "1", *extra_args],
                              capture_output=True, text=True)
     seconds = time.perf_counter() - start
     shaded = protocol == "realistic"
@@ -318,6 +318,8 @@ def main() -> None:
     parser.add_argument("--save-grids", type=Path, help="also write each input grid PNG to this folder")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables instead of JSON")
     parser.add_argument("--from-json", type=Path, help="a previous run's JSON to print (with --markdown)")
+    parser.add_argument("--keep-lighting", action="store_true",
+                        help="reconstruct with --keep-lighting: the lit bake, for PSNR against the shaded appearance")
     args = parser.parse_args()
     if args.from_json:
         report = json.loads(args.from_json.read_text())
@@ -346,13 +348,15 @@ def main() -> None:
             for protocol in protocols:
                 if is_grey and protocol == "perfect":
                     continue
-                row = run_case(truth, name, protocol, args.seed, Path(scratch), args.save_grids)
+                row = run_case(truth, name, protocol, args.seed, Path(scratch), args.save_grids,
+                               ("--keep-lighting",) if args.keep_lighting else ())
                 if is_grey:
                     grey[protocol] = row
                 else:
                     rows[protocol].append(row)
     summaries = {protocol: summarise(protocol, rows[protocol], grey.get(protocol)) for protocol in protocols}
-    report = {"benchmark": "recon_quality", "seed": args.seed, "protocols": summaries}
+    report = {"benchmark": "recon_quality", "seed": args.seed, "keep_lighting": args.keep_lighting,
+              "protocols": summaries}
     print(markdown(report) if args.markdown else json.dumps(report, indent=2))
 
 
