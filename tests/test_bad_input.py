@@ -285,6 +285,9 @@ def test_an_honest_off_file_with_a_quad_loads():
 
 
 def test_missing_s3_credentials_name_the_settings(monkeypatch, tmp_path):
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps credentials an earlier test found
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find either
