@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
+from PIL import Image
 
 from recon.normal_map import transfer_normal_map
 from recon.surface import decimate
@@ -34,13 +35,43 @@ def normalise_for_engine(vertices: np.ndarray, height: float = 1.0) -> np.ndarra
     return (vertices - pivot) * (height / extent)
 
 
-def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0.0) -> trimesh.Trimesh:
+# Explicit material factors: glTF's own defaults (metallic 1, roughness 1) make an unset
+# material chrome-like in engines; reconstructed colour is a dielectric's, mostly matte.
+METALLIC = 0.0
+ROUGHNESS = 0.9
+
+
+def pbr_material(base_colour: Image.Image, normal_map: Image.Image | None = None, metallic: float = METALLIC,
+                 roughness: float = ROUGHNESS, occlusion: np.ndarray | None = None) -> trimesh.visual.material.PBRMaterial:
+    """A glTF metallic-roughness material with explicit factors.
+
+    With ``occlusion`` (H, W) in 0..1, the material gets an ORM texture as Unreal packs it,
+    occlusion, roughness and metallic in R, G and B (:func:`orm_image`), bound as both the
+    occlusion and the metallic-roughness texture, whose channels glTF reads exactly so; the
+    factors are then 1, as the texture holds the values.
+    """
+    orm = {}
+    if occlusion is not None:
+        image = orm_image(occlusion, roughness, metallic)
+        orm = {"occlusionTexture": image, "metallicRoughnessTexture": image}
+        metallic = roughness = 1.0
+    return trimesh.visual.material.PBRMaterial(
+        name="base", baseColorTexture=base_colour, normalTexture=normal_map, metallicFactor=metallic,
+        roughnessFactor=roughness, doubleSided=False, **orm,
+    )
+
+
+def orm_image(occlusion: np.ndarray, roughness: float = ROUGHNESS, metallic: float = METALLIC) -> Image.Image:
+    """An ORM texture: ``occlusion`` (H, W) in 0..1 in R, constant ``roughness`` in G and
+    ``metallic`` in B."""
+    channels = [occlusion, np.full_like(occlusion, roughness), np.full_like(occlusion, metallic)]
+    return Image.fromarray(np.round(np.clip(np.dstack(channels), 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def to_trimesh(asset: TexturedMesh, roughness: float = ROUGHNESS, metallic: float = METALLIC) -> trimesh.Trimesh:
     """A trimesh whose glTF export carries the base-colour texture (and the normal map, if
     one was baked) in a PBR material."""
-    material = trimesh.visual.material.PBRMaterial(
-        name="base", baseColorTexture=asset.texture_image(), normalTexture=asset.normal_texture_image(),
-        metallicFactor=metallic, roughnessFactor=roughness, doubleSided=False,
-    )
+    material = pbr_material(asset.texture_image(), asset.normal_texture_image(), metallic, roughness)
     visual = trimesh.visual.TextureVisuals(uv=asset.uv, material=material)
     return trimesh.Trimesh(asset.vertices, asset.faces, vertex_normals=asset.normals, visual=visual, process=False)
 
