@@ -9,6 +9,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows.store import ArtifactStore
 from flows.tasks import key_of
+from stages.registry import licence_line
 
 # Images the summary embeds, in this order: (stage, output, caption).
 EMBEDDED = (("image", "image", "SDXL image"), ("input_image", "image", "input photo"),
@@ -38,6 +39,7 @@ def publish_asset_artifacts(store: ArtifactStore, asset: str, manifest: dict[str
     request = manifest["request"]
     subject = request.get("prompt") or request.get("image") or request.get("mesh")
     lines = [f"# {asset}", "", f"{subject}", "", f"manifest: `{store.uri(f'{asset}/manifest.json')}`", ""]
+    lines += [f"licences: {licence_line(manifest['licences'])}", ""]
     if manifest.get("parent_asset"):
         lines += [f"retexture of asset `{manifest['parent_asset']}`", ""]
     lines += images
