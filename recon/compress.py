@@ -30,8 +30,9 @@ LINEAR_SLOTS = ("normalTexture", "metallicRoughnessTexture", "occlusionTexture")
 
 @dataclass
 class CompressedGlb:
-    """The compressed GLB's bytes and, per texture it re-encoded, the PSNR (dB) of its
-    decoded full-resolution level against the original image."""
+    """The compressed GLB's bytes and, per texture it re-encoded (named by a material slot
+    that uses it, e.g. ``baseColorTexture``), the PSNR (dB) of its decoded full-resolution
+    level against the original image."""
 
     data: bytes
     texture_psnr: dict[str, float]
@@ -74,9 +75,9 @@ def ktx2_textures(data: bytes, quality: int = 100) -> CompressedGlb:
         raise ValueError("only single-buffer GLBs can have their textures re-encoded")
     views = [binary[view.get("byteOffset", 0):view.get("byteOffset", 0) + view["byteLength"]]
              for view in tree.get("bufferViews", [])]
-    linear = {texture["index"] for material in tree.get("materials", []) for slot, texture in _texture_slots(material)
-              if slot in LINEAR_SLOTS}
-    linear_images = {tree["textures"][index]["source"] for index in linear}
+    slots = {tree["textures"][texture["index"]]["source"]: slot for material in tree.get("materials", [])
+             for slot, texture in _texture_slots(material)}  # image -> a material slot using it
+    linear_images = {image for image, slot in slots.items() if slot in LINEAR_SLOTS}
     psnr, encoded_views = {}, set()
     for number, image in enumerate(tree.get("images", [])):
         if image["bufferView"] in encoded_views:  # trimesh writes an image used twice (ORM) as two on one view
@@ -87,7 +88,7 @@ def ktx2_textures(data: bytes, quality: int = 100) -> CompressedGlb:
             original, mime=image.get("mimeType", "image/png"), codec="etc1s", quality=quality, mipmaps=True,
             srgb=number not in linear_images, linear=number in linear_images)
         decoded, _ = alktx2.decode_ktx2_to_bytes(encoded, format="png")
-        psnr[image.get("name") or f"image{number}"] = round(float(image_psnr(original, decoded)), 2)
+        psnr[slots.get(number, f"image{number}")] = round(float(image_psnr(original, decoded)), 2)
         views[image["bufferView"]] = encoded
         encoded_views.add(image["bufferView"])
         image["mimeType"] = "image/ktx2"

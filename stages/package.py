@@ -78,7 +78,7 @@ def package_asset(
                      "texture_size": list(material.baseColorTexture.size), "metallic": metallic, "roughness": roughness}
     scene = trimesh.Scene()
     scene.add_geometry(render, geom_name=name, node_name=name)
-    collision_scene = None
+    blobs = {}
     if collision:
         solid = trimesh.Trimesh(render.vertices, render.faces)  # welded: UV seams split no volume
         pieces = convex_pieces(solid, collision_threshold, collision_max_hulls)
@@ -87,21 +87,20 @@ def package_asset(
             raise RuntimeError(f"collision pieces cover {coverage:.1%} of {name}'s volume, under {MIN_COVERAGE:.0%}")
         details["collision"] = {"pieces": len(pieces), "volume_coverage": round(coverage, 4),
                                 "threshold": collision_threshold, "max_hulls": collision_max_hulls}
-        if engine in ("unreal", "godot"):
-            collision_scene = scene
-        else:
-            collision_scene = trimesh.Scene()
+        separate = engine in ("generic", "unity")  # engines without an in-file naming convention
+        collision_scene = trimesh.Scene() if separate else scene
         for number, piece in enumerate(pieces):
             piece_name = {"unreal": f"UCX_{name}_{number:02d}", "godot": f"{name}_hull_{number:02d}-convcolonly"
                           }.get(engine, f"{name}_collision_{number:02d}")
             collision_scene.add_geometry(piece, geom_name=piece_name, node_name=piece_name)
-    blobs = {f"{name}.glb": _glb(scene)}
-    if collision_scene is not None and collision_scene is not scene:
-        blobs[f"{name}_collision.glb"] = _glb(collision_scene)
+        if separate:
+            blobs[f"{name}_collision.glb"] = _glb(collision_scene)
+    blobs = {f"{name}.glb": _glb(scene), **blobs}
     if compress:
         compressed = compress_glb(blobs[f"{name}.glb"])
         blobs[f"{name}_compressed.glb"] = compressed.data
-        details["compressed"] = {"bytes": len(compressed.data), "ratio": round(len(compressed.data) / len(blobs[f"{name}.glb"]), 4),
+        details["compressed"] = {"bytes": len(compressed.data),
+                                 "ratio": round(len(compressed.data) / len(blobs[f"{name}.glb"]), 4),
                                  "texture_psnr_db": compressed.texture_psnr, "geometry": "EXT_meshopt_compression",
                                  "textures": "KHR_texture_basisu (ETC1S)"}
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,9 +111,8 @@ def package_asset(
         details["validation"] = validate_exports(list(paths.values()))
         if usdz:
             usdz_path = Path(scratch) / f"{name}.usdz"
-            base = material.baseColorTexture
             write_usdz(usdz_path, name, render.vertices, render.faces, render.visual.uv, render.vertex_normals,
-                       base, normal_map=material.normalTexture, metallic=metallic, roughness=roughness)
+                       material.baseColorTexture, normal_map=material.normalTexture, metallic=metallic, roughness=roughness)
             errors = compliance_errors(usdz_path)
             if errors:
                 raise RuntimeError(f"{usdz_path.name} fails USD's ARKit compliance: {'; '.join(errors[:3])}")
@@ -122,7 +120,7 @@ def package_asset(
             paths[usdz_path.name] = usdz_path
         files = {file_name: path.read_bytes() for file_name, path in paths.items()}
     manifest = {
-        "asset": name, "source": str(glb), "engine": engine,
+        "asset": name, "source": Path(glb).name, "engine": engine,
         "files": {file_name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                   for file_name, data in files.items()},
         "details": details,
