@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,8 @@ def test_the_usdz_is_y_up_in_metres_with_a_preview_surface_and_passes_the_arkit_
     surface = material.ComputeSurfaceSource()[0]
     assert surface.GetIdAttr().Get() == "UsdPreviewSurface"
     texture = surface.GetInput("diffuseColor").GetConnectedSources()[0][0].source
-    assert UsdShade.Shader(texture).GetInput("file").Get().path.endswith("base_colour.png")
+    file = UsdShade.Shader(texture).GetInput("file").Get().path
+    assert file.endswith("base_colour.png") and file in zipfile.ZipFile(path).namelist()  # inside the package
     extent = np.array(UsdGeom.Mesh(meshes[0]).GetExtentAttr().Get())
     assert np.allclose(extent[0][1], 0, atol=1e-6) and np.allclose(extent[1][1], 2 * TUBE_RADIUS, atol=1e-3)
 
