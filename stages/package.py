@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import trimesh
 
 from recon.collision import convex_pieces, volume_coverage
 from recon.compress import compress_glb
-from recon.export import METALLIC, ROUGHNESS, pbr_material, write_set_atomically
+from recon.export import METALLIC, ROUGHNESS, bake_occlusion, pbr_material, write_set_atomically
 from recon.usdz import compliance_errors, write_usdz
 from stages.preview import load_asset_mesh
 from stages.reconstruct import validate_exports
@@ -134,8 +133,8 @@ def package_asset(
 
 def _render_mesh(mesh: trimesh.Trimesh, engine: Engine) -> tuple[trimesh.Trimesh, float, float]:
     """``mesh`` with the delivery material, and its metallic and roughness: its base colour
-    and normal map, its own factors or the defaults, and for Unreal an ORM texture (ambient
-    occlusion is not baked: R is 1)."""
+    and normal map, its own factors or the defaults, and for Unreal an ORM texture with
+    baked ambient occlusion."""
     visual = mesh.visual
     source = getattr(visual, "material", None)
     base = getattr(source, "baseColorTexture", None)
@@ -143,7 +142,7 @@ def _render_mesh(mesh: trimesh.Trimesh, engine: Engine) -> tuple[trimesh.Trimesh
         raise ValueError("the GLB's mesh has no base-colour texture with UVs to package")
     metallic = METALLIC if source.metallicFactor is None else float(source.metallicFactor)
     roughness = ROUGHNESS if source.roughnessFactor is None else float(source.roughnessFactor)
-    occlusion = np.ones((64, 64)) if engine == "unreal" else None
+    occlusion = bake_occlusion(mesh, visual.uv, mesh.vertex_normals) if engine == "unreal" else None
     material = pbr_material(base, source.normalTexture, metallic, roughness, occlusion)
     render = trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_normals=mesh.vertex_normals,
                              visual=trimesh.visual.TextureVisuals(uv=visual.uv, material=material), process=False)
