@@ -18,6 +18,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from flows.assets import manifest_key
 from flows.store import ArtifactStore
 from flows.tasks import key_of
+from stages.registry import licence_line
 
 # Images the summary embeds, in this order: (stage, output, caption).
 EMBEDDED = (("image", "image", "SDXL image"), ("input_image", "image", "input photo"),
@@ -97,6 +98,8 @@ def summary_markdown(store: ArtifactStore, asset: str, manifest: dict[str, Any])
     subject = request.get("prompt") or request.get("image") or request.get("mesh")
     lines = [f"# {asset}", "", f"{subject}", "",
              f"manifest: {_file_reference(store.link(manifest_key(asset)), 'manifest.json')}", ""]
+    if "licences" in manifest:  # manifests written before licences were recorded have none
+        lines += [f"licences: {licence_line(manifest['licences'])}", ""]
     if manifest.get("parent_asset"):
         lines += [f"retexture of asset `{manifest['parent_asset']}`", ""]
     if ("recon", "asset") in keys:

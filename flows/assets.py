@@ -78,12 +78,18 @@ def manifest_key(asset: str) -> str:
 
 def build_manifest(asset: str, request: Mapping[str, Any], stages: Mapping[str, StageRecord], started: datetime,
                    parent: str | None = None) -> dict[str, Any]:
-    """An asset's lineage: request, per-stage outputs and timings, models, packages, parent."""
+    """An asset's lineage: request, per-stage outputs and timings, models and what their
+    licences allow, packages, parent."""
+    from stages.registry import licence_summary
+    from stages.settings import load_settings
+
+    used = [model["name"] for record in stages.values() for model in record.models]
     return {
         "asset_id": asset,
         "request": dict(request),
         "stages": {name: record.to_dict() for name, record in stages.items()},
         "models": {name: record.models for name, record in stages.items() if record.models},
+        "licences": licence_summary(used, load_settings()),
         "packages": package_versions(),
         "parent_asset": parent,
         "started_at": started.isoformat(),

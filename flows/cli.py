@@ -130,6 +130,30 @@ def _reconstruct(args: argparse.Namespace) -> None:
         print(stem.with_name(stem.name + "_turntable.gif"))
 
 
+def _package(args: argparse.Namespace) -> None:
+    from stages.package import package_asset
+
+    glb = Path(args.asset)
+    if not glb.is_file():
+        raise ValueError(f"{glb}: no such file")
+    settings = _settings(args)
+    result = package_asset(glb, args.output, engine=args.engine, collision=args.collision, compress=args.compress,
+                           usdz=args.usdz, licences=_asset_licences(glb),
+                           collision_threshold=settings.collision_threshold,
+                           collision_max_hulls=settings.collision_max_hulls)
+    for path in result.files.values():
+        print(path)
+
+
+def _asset_licences(glb: Path) -> dict | None:
+    """The licence summary of the asset a GLB belongs to: from its manifest when the GLB
+    lies in a store's asset folder (``{asset_id}/recon/asset.glb``), else ``None``."""
+    manifest = glb.resolve().parent.parent / "manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("licences")
+    return None
+
+
 def _models_list(args: argparse.Namespace) -> None:
     from stages.registry import registry
 
@@ -315,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--previews", action="store_true", help="also write OUT_contact.png and OUT_turntable.gif")
     rebuild.set_defaults(handler=_reconstruct)
 
+    package = commands.add_parser("package", help="GLB -> engine delivery set: collision, compressed GLB, USDZ")
+    package.add_argument("asset", help="a finished GLB (reconstructed or retextured)")
+    package.add_argument("-o", "--output", required=True, help="output folder")
+    package.add_argument("--engine", choices=["generic", "unreal", "unity", "godot"], default="generic",
+                         help="naming of collision pieces and ORM texture (unreal)")
+    package.add_argument("--collision", action="store_true", help="convex collision pieces (CoACD)")
+    package.add_argument("--compress", action="store_true", help="also ASSET_compressed.glb: KTX2 textures, meshopt")
+    package.add_argument("--usdz", action="store_true", help="also ASSET.usdz (UsdPreviewSurface, ARKit compliant)")
+    package.set_defaults(handler=_package)
+
     image = commands.add_parser("image", help="prompt -> one centred object image (SDXL)")
     image.add_argument("prompt")
     image.add_argument("-o", "--output", required=True, help="output PNG (metadata is written beside it as .json)")
@@ -388,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     # (its heartbeat also races the run for SQLite's write lock and logs tracebacks).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose and args.command != "reconstruct":  # reconstruct needs neither: skip 2 s of imports
+    if not args.verbose and args.command not in ("reconstruct", "package"):  # neither needs them: skip 2 s of imports
         import diffusers
         import transformers
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
-from flows.requests import AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest
+from flows.requests import AssetRequest, ImageTo3DRequest, MeshTo3DRequest, TextTo3DRequest, models_used
 from flows.tasks import (
     cutout_stage,
     depth_grid_stage,
@@ -18,9 +18,11 @@ from flows.tasks import (
     ingest_image,
     ingest_mesh,
     key_of,
+    package_stage,
     preview_stage,
     reconstruct_stage,
     retexture_stage,
+    settings,
     six_views_stage,
 )
 
@@ -30,7 +32,7 @@ Plan = Generator[Step, dict, Results]
 
 # Batch order: every asset's stage of one name runs before any asset's next stage.
 STAGE_ORDER = ("ingest-image", "ingest-mesh", "text-to-image", "cutout", "depth-grid", "six-views", "reconstruct",
-               "retexture", "previews")
+               "retexture", "previews", "package")
 
 
 def _reference(request: AssetRequest, asset: str) -> Generator[Step, dict, Results]:
@@ -72,6 +74,7 @@ def generated_shape_plan(request: TextTo3DRequest | ImageTo3DRequest, asset: str
         target_faces=options.target_faces, texture_size=options.texture_size, normal_map=options.normal_map,
         keep_lighting=options.keep_lighting, lods=options.lods, height=options.height)
     results["previews"] = yield from _previews(request, asset, results)
+    results.update((yield from _package(request, asset, results)))
     return results
 
 
@@ -84,6 +87,7 @@ def retexture_plan(request: MeshTo3DRequest, asset: str) -> Plan:
         grid_key=key_of(results["views"], "grid", asset), version=request.version,
         texture_size=request.options.texture_size, lods=request.options.lods)
     results["previews"] = yield from _previews(request, asset, results)
+    results.update((yield from _package(request, asset, results)))
     return results
 
 
@@ -91,6 +95,18 @@ def _previews(request: AssetRequest, asset: str, results: Results) -> Generator[
     previews = yield preview_stage, dict(asset=asset, glb_key=key_of(results["recon"], "asset", asset),
                                          size=request.options.preview_size)
     return previews
+
+
+def _package(request: AssetRequest, asset: str, results: Results) -> Generator[Step, dict, Results]:
+    """The engine delivery set, when the request asks for one."""
+    package = request.options.package
+    if package is None:
+        return {}
+    current = settings()
+    packaged = yield package_stage, dict(asset=asset, glb_key=key_of(results["recon"], "asset", asset),
+                                         models=models_used(request), collision_threshold=current.collision_threshold,
+                                         collision_max_hulls=current.collision_max_hulls, **package.model_dump())
+    return {"package": packaged}
 
 
 def plan_for(request: AssetRequest, asset: str) -> Plan:

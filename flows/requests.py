@@ -9,13 +9,26 @@ changed input file is a new asset.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.assets import asset_id
 from stages.bounds import Faces, Height, ImageSize, Lods, Steps, TextureSize
+
+
+class PackageOptions(BaseModel):
+    """A delivery set for an engine (``stages.package``), stored under ``{asset_id}/package/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["generic", "unreal", "unity", "godot"] = Field(
+        "generic", description="naming of collision pieces; unreal also gets an ORM texture")
+    collision: bool = Field(False, description="convex collision pieces (CoACD)")
+    compress: bool = Field(False, description="also a KTX2 + meshopt compressed GLB")
+    usdz: bool = Field(False, description="also a USDZ (ARKit compliant)")
 
 
 class AssetOptions(BaseModel):
@@ -40,6 +53,20 @@ class AssetOptions(BaseModel):
     lods: Lods = Field(3, description="LOD0 plus halvings of the face count")
     height: Height = Field(1.0, description="height in metres of a reconstructed asset")
     preview_size: int = Field(256, ge=32, le=1024, description="tile side of the contact sheet and turntable")
+    package: PackageOptions | None = Field(None, description="also package the GLB for an engine; as JSON on the "
+                                                             "command line: package='{\"engine\": \"unreal\"}'")
+
+    @field_validator("package", mode="before")
+    @classmethod
+    def _package_from_json(cls, value: object) -> object:
+        """Command-line options and batch rows give text: the package options as JSON."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"write the package options as JSON, for example {{\"engine\": \"unreal\"}}; "
+                                 f"got {value!r}") from None
+        return value
 
 
 class AssetRequest(BaseModel):
@@ -122,22 +149,28 @@ def models_used(request: AssetRequest) -> list[str]:
 
 def request_asset_id(request: AssetRequest) -> str:
     """``{slug}-{hash}``: slug of the prompt or input file name, hash of everything that
-    decides the result. Fails with a clear error on an empty prompt or a missing input."""
+    decides the result. Fails with a clear error on an empty prompt, a missing input or a
+    model the settings' licence policy refuses."""
     from flows.tasks import input_digest
-    from stages.registry import registry
+    from stages.registry import check_licence_policy, registry
     from stages.settings import load_settings
     from stages.text_to_image import prompt_words
 
     prompt = getattr(request, "prompt", None)
     if prompt is not None:
         prompt_words(prompt)  # bad input fails before anything runs
-    models = registry(load_settings())
+    settings = load_settings()
+    check_licence_policy(models_used(request), settings)  # so does a model the licence policy refuses
+    models = registry(settings)
     revisions = {name: f"{models[name].source}@{models[name].revision}" for name in models_used(request)}
     files = input_files(request)
     digests = {role: input_digest(location) for role, location in files.items()}
     name = prompt or Path(files.get("mesh") or files["image"]).stem
     kind = type(request).__name__
-    return asset_id(name, {"kind": kind, "request": request.model_dump(), "models": revisions, "inputs": digests})
+    dumped = request.model_dump()
+    if dumped["options"]["package"] is None:  # ids of assets made before the option existed stay theirs
+        del dumped["options"]["package"]
+    return asset_id(name, {"kind": kind, "request": dumped, "models": revisions, "inputs": digests})
 
 
 def parent_asset(request: AssetRequest) -> str | None:

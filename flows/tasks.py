@@ -247,6 +247,27 @@ def _export(target: ArtifactStore, asset: str, mesh: Any, lods: int, height: flo
     return _stage_result(outputs, started, models, details)
 
 
+@task(name="package", **stage())
+def package_stage(asset: str, glb_key: str, engine: str, collision: bool, compress: bool, usdz: bool,
+                  models: list[str], collision_threshold: float, collision_max_hulls: int) -> dict:
+    """The engine delivery set of the asset's GLB (``stages.package``) under ``{asset}/package/``;
+    ``models`` (registry names) give its manifest's licence summary. The collision settings
+    are arguments so that the cache key holds them."""
+    from stages.package import package_asset
+    from stages.registry import licence_summary
+
+    target, current, started = store(), settings(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        glb = Path(scratch) / "asset.glb"
+        glb.write_bytes(target.get(glb_key))
+        result = package_asset(glb, Path(scratch) / "package", engine=engine, collision=collision, compress=compress,
+                               usdz=usdz, name=asset, licences=licence_summary(models, current),
+                               collision_threshold=collision_threshold, collision_max_hulls=collision_max_hulls)
+        outputs = {path.name: target.put(f"{asset}/package/{path.name}", path.read_bytes()).to_dict()
+                   for path in result.files.values()}
+    return _stage_result(outputs, started, details=result.manifest["details"])
+
+
 @task(name="reconstruct", **stage(lambda arguments: ["u2netp"]))
 def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
                       lods: int, height: float, normal_map: bool = False, keep_lighting: bool = False) -> dict:

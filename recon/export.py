@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
+from PIL import Image
 
 from recon.normal_map import transfer_normal_map
+from recon.render import MeshRenderer
 from recon.surface import decimate
-from recon.texture import TexturedMesh, transfer_base_colour
+from recon.texture import TexturedMesh, texel_surface, transfer_base_colour
 
 
 def normalise_for_engine(vertices: np.ndarray, height: float = 1.0) -> np.ndarray:
@@ -34,13 +36,68 @@ def normalise_for_engine(vertices: np.ndarray, height: float = 1.0) -> np.ndarra
     return (vertices - pivot) * (height / extent)
 
 
-def to_trimesh(asset: TexturedMesh, roughness: float = 0.85, metallic: float = 0.0) -> trimesh.Trimesh:
+# Explicit material factors: glTF's own defaults (metallic 1, roughness 1) make an unset
+# material chrome-like in engines; reconstructed colour is a dielectric's, mostly matte.
+METALLIC = 0.0
+ROUGHNESS = 0.9
+
+
+def pbr_material(base_colour: Image.Image, normal_map: Image.Image | None = None, metallic: float = METALLIC,
+                 roughness: float = ROUGHNESS, occlusion: np.ndarray | None = None) -> trimesh.visual.material.PBRMaterial:
+    """A glTF metallic-roughness material with explicit factors.
+
+    With ``occlusion`` (H, W) in 0..1, the material gets an ORM texture as Unreal packs it,
+    occlusion, roughness and metallic in R, G and B (:func:`orm_image`), bound as both the
+    occlusion and the metallic-roughness texture, whose channels glTF reads exactly so; the
+    factors are then 1, as the texture holds the values.
+    """
+    orm = {}
+    if occlusion is not None:
+        image = orm_image(occlusion, roughness, metallic)
+        orm = {"occlusionTexture": image, "metallicRoughnessTexture": image}
+        metallic = roughness = 1.0
+    return trimesh.visual.material.PBRMaterial(
+        name="base", baseColorTexture=base_colour, normalTexture=normal_map, metallicFactor=metallic,
+        roughnessFactor=roughness, doubleSided=False, **orm,
+    )
+
+
+def orm_image(occlusion: np.ndarray, roughness: float = ROUGHNESS, metallic: float = METALLIC) -> Image.Image:
+    """An ORM texture: ``occlusion`` (H, W) in 0..1 in R, constant ``roughness`` in G and
+    ``metallic`` in B."""
+    channels = [occlusion, np.full_like(occlusion, roughness), np.full_like(occlusion, metallic)]
+    return Image.fromarray(np.round(np.clip(np.dstack(channels), 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+def bake_occlusion(mesh: trimesh.Trimesh, uv: np.ndarray, normals: np.ndarray, size: int = 256, rays: int = 32,
+                   reach: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Ambient occlusion (size, size) in 0..1 (1: open sky) in ``mesh``'s UV layout, for the
+    ORM texture: per vertex, the share of cosine-weighted rays over its hemisphere that no
+    part of the mesh stops within ``reach`` times the bounding-box diagonal, interpolated
+    across each face. Occlusion is soft and low-frequency, so a small texture holds it."""
+    rng = np.random.default_rng(seed)
+    height, angle = rng.random(rays), 2 * np.pi * rng.random(rays)
+    local = np.stack([np.sqrt(height) * np.cos(angle), np.sqrt(height) * np.sin(angle), np.sqrt(1 - height)], axis=1)
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
+    tangent = np.cross(normals, helper)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    bitangent = np.cross(normals, tangent)
+    directions = (local[None, :, :1] * tangent[:, None] + local[None, :, 1:2] * bitangent[:, None]
+                  + local[None, :, 2:] * normals[:, None])
+    diagonal = float(np.linalg.norm(np.ptp(mesh.vertices, axis=0)))
+    origins = np.broadcast_to((mesh.vertices + 1e-4 * diagonal * normals)[:, None], directions.shape)
+    hits = MeshRenderer(mesh).cast(origins, directions)["t_hit"]
+    openness = (hits > reach * diagonal).mean(axis=1)
+    texels = texel_surface(np.asarray(mesh.vertices), np.asarray(mesh.faces), uv, size)
+    values = texels.interpolate(openness[:, None])
+    return texels.fill(values, np.ones(len(values), bool))[..., 0]
+
+
+def to_trimesh(asset: TexturedMesh, roughness: float = ROUGHNESS, metallic: float = METALLIC) -> trimesh.Trimesh:
     """A trimesh whose glTF export carries the base-colour texture (and the normal map, if
     one was baked) in a PBR material."""
-    material = trimesh.visual.material.PBRMaterial(
-        name="base", baseColorTexture=asset.texture_image(), normalTexture=asset.normal_texture_image(),
-        metallicFactor=metallic, roughnessFactor=roughness, doubleSided=False,
-    )
+    material = pbr_material(asset.texture_image(), asset.normal_texture_image(), metallic, roughness)
     visual = trimesh.visual.TextureVisuals(uv=asset.uv, material=material)
     return trimesh.Trimesh(asset.vertices, asset.faces, vertex_normals=asset.normals, visual=visual, process=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Literal
 from stages.settings import Settings
 
 Kind = Literal["sdxl", "sdxl-refiner", "sam", "zero123pp", "controlnet", "onnx"]
+CommercialUse = Literal["allowed", "restricted", "unknown"]
 PIPELINE_KINDS = ("sdxl", "sdxl-refiner", "zero123pp")
 
 
@@ -35,6 +37,9 @@ class ModelSpec:
     source: str
     """Hub id (``owner/name``), a local folder, or for ``onnx`` a local file."""
     licence: str
+    commercial_use: CommercialUse = "unknown"
+    """Whether the licence lets a studio ship what the model made: ``allowed`` (the OpenRAIL
+    licences add use restrictions, not a commercial ban), ``restricted`` (non-commercial)."""
     revision: str = "main"
     dtype: str = "auto"
     variant: str | None = None
@@ -59,23 +64,26 @@ U2NETP_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd
 def default_models(settings: Settings) -> dict[str, ModelSpec]:
     """The published models, before any deployment override."""
     specs = [
-        ModelSpec("sdxl-base", "sdxl", SDXL_BASE, OPENRAIL_PLUS, variant="fp16", steps=30, guidance=5.0, resolution=1024),
+        ModelSpec("sdxl-base", "sdxl", SDXL_BASE, OPENRAIL_PLUS, "allowed", variant="fp16", steps=30, guidance=5.0,
+                  resolution=1024),
         ModelSpec("sdxl-refiner", "sdxl-refiner", "stabilityai/stable-diffusion-xl-refiner-1.0", OPENRAIL_PLUS,
-                  variant="fp16"),
+                  "allowed", variant="fp16"),
         ModelSpec("sdxl-turbo", "sdxl", "stabilityai/sdxl-turbo",
-                  "Stability AI Non-Commercial Research Community License", variant="fp16",
+                  "Stability AI Non-Commercial Research Community License", "restricted", variant="fp16",
                   steps=1, guidance=0.0, resolution=512),
-        ModelSpec("sdxl-lightning", "sdxl", "ByteDance/SDXL-Lightning", OPENRAIL_PLUS, variant="fp16",
+        ModelSpec("sdxl-lightning", "sdxl", "ByteDance/SDXL-Lightning", OPENRAIL_PLUS, "allowed", variant="fp16",
                   base=SDXL_BASE, weights_file="sdxl_lightning_4step_unet.safetensors",
                   steps=4, guidance=0.0, resolution=1024, timestep_spacing="trailing"),
-        ModelSpec("sam-vit-huge", "sam", "facebook/sam-vit-huge", "Apache-2.0"),
-        ModelSpec("sam-vit-base", "sam", "facebook/sam-vit-base", "Apache-2.0"),
-        ModelSpec("zero123plus-v1.2", "zero123pp", "sudo-ai/zero123plus-v1.2", "CC-BY-NC-4.0 (weights, authors' README)"),
-        ModelSpec("zero123plus-v1.1", "zero123pp", "sudo-ai/zero123plus-v1.1", "CreativeML OpenRAIL-M (model card)"),
+        ModelSpec("sam-vit-huge", "sam", "facebook/sam-vit-huge", "Apache-2.0", "allowed"),
+        ModelSpec("sam-vit-base", "sam", "facebook/sam-vit-base", "Apache-2.0", "allowed"),
+        ModelSpec("zero123plus-v1.2", "zero123pp", "sudo-ai/zero123plus-v1.2", "CC-BY-NC-4.0 (weights, authors' README)",
+                  "restricted"),
+        ModelSpec("zero123plus-v1.1", "zero123pp", "sudo-ai/zero123plus-v1.1", "CreativeML OpenRAIL-M (model card)",
+                  "allowed"),
         ModelSpec("controlnet-zp11-depth-v1", "controlnet", "sudo-ai/controlnet-zp11-depth-v1",
-                  "CreativeML OpenRAIL-M (model card)"),
+                  "CreativeML OpenRAIL-M (model card)", "allowed"),
         ModelSpec("u2netp", "onnx", str(settings.model_cache_dir / "u2netp.onnx"),
-                  f"MIT (as shipped in {U2NETP_PACKAGE})", revision=U2NETP_PACKAGE, sha256=U2NETP_SHA256),
+                  f"MIT (as shipped in {U2NETP_PACKAGE})", "allowed", revision=U2NETP_PACKAGE, sha256=U2NETP_SHA256),
     ]
     return {spec.name: spec for spec in specs}
 
@@ -110,6 +118,41 @@ def model_spec(name: str, settings: Settings) -> ModelSpec:
     if name not in models:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(models)}")
     return models[name]
+
+
+def licence_summary(names: list[str], settings: Settings) -> dict:
+    """What the licences of the models ``names`` allow: per model its licence and
+    ``commercial_use``, and overall the most restrictive of them (``restricted`` over
+    ``unknown`` over ``allowed``; ``unknown`` for a name the registry does not hold)."""
+    models = registry(settings)
+    entries = {name: {"licence": models[name].licence, "commercial_use": models[name].commercial_use} if name in models
+               else {"licence": "unknown", "commercial_use": "unknown"} for name in dict.fromkeys(names)}
+    uses = {entry["commercial_use"] for entry in entries.values()}
+    overall = next((use for use in ("restricted", "unknown") if use in uses), "allowed" if uses else "unknown")
+    return {"commercial_use": overall, "models": entries}
+
+
+def licence_line(summary: dict) -> str:
+    """One line for people: the overall verdict, then the models that decide it (all of
+    them when every one allows commercial use)."""
+    deciding = [name for name, entry in summary["models"].items() if entry["commercial_use"] != "allowed"]
+    named = ", ".join(f"{name} ({summary['models'][name]['licence']})" for name in deciding or summary["models"])
+    return f"commercial use {summary['commercial_use']}" + (f": {named}" if named else "")
+
+
+def check_licence_policy(names: list[str], settings: Settings) -> None:
+    """Refuse, before anything runs, a model whose licence forbids commercial use when the
+    settings' ``licence_policy`` is ``refuse-non-commercial``; with ``warn`` log it."""
+    summary = licence_summary(names, settings)
+    restricted = [f"{name} ({entry['licence']})" for name, entry in summary["models"].items()
+                  if entry["commercial_use"] == "restricted"]
+    if not restricted:
+        return
+    if settings.licence_policy == "refuse-non-commercial":
+        raise ValueError(f"licence_policy refuse-non-commercial: refusing {', '.join(restricted)}, whose licence "
+                         "does not allow commercial use; choose another model or set licence_policy = \"warn\"")
+    logging.getLogger(__name__).warning("non-commercial licence: %s; what this run makes may not ship commercially",
+                                        ", ".join(restricted))
 
 
 @dataclass(frozen=True)

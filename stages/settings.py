@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 CONFIG_ENV = "TEXT_TO_3D_CONFIG"
 
 MemoryPolicy = Literal["auto", "resident", "offload", "evict"]
+LicencePolicy = Literal["warn", "refuse-non-commercial"]
 
 
 class ModelOverride(BaseModel):
@@ -69,6 +70,13 @@ class Settings(BaseSettings):
     """Where stage locks live (one writer per asset stage): a folder every worker sees, on a
     shared file system when workers on several machines share one store; default: ``locks``
     beside Prefect's local result storage."""
+    licence_policy: LicencePolicy = "warn"
+    """refuse-non-commercial: a run that needs a model whose licence forbids commercial use
+    (Zero123++ v1.2, SDXL-Turbo) fails before it starts, naming the model; warn: it logs."""
+    collision_threshold: float = 0.05
+    """CoACD's concavity threshold for collision pieces: 0.01 tight (more pieces) .. 1 coarse."""
+    collision_max_hulls: int = 16
+    """At most this many convex collision pieces per asset."""
     models: dict[str, ModelOverride] = {}
     """Per-model overrides keyed by registry name (``sdxl-base``, ``sam-vit-huge``, ...)."""
 

@@ -304,3 +304,31 @@ def test_the_dask_runner_runs_every_stage_on_a_local_cluster(s3, inputs, monkeyp
     assert state.is_completed(), state.result(raise_on_failure=False)
     assert set(_states(state).values()) == {"Completed"}
     assert s3.store.exists(f"{request_asset_id(MeshTo3DRequest(**arguments))}/manifest.json")
+
+
+def test_the_package_stage_stores_the_delivery_set_under_the_asset_and_its_manifest_lists_it(s3, tmp_path):
+    """The ``package`` option's stage, on a textured sphere's GLB in the store: every file
+    lands under ``{asset}/package/``, and the package manifest lists them and the licences
+    of the models the asset used."""
+    from flows.tasks import key_of, package_stage
+    from recon.export import export_glb
+    from recon.texture import TexturedMesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    sphere.apply_translation([0, 0.5, 0])
+    uv = (sphere.vertices[:, [0, 2]] + 0.5).clip(0, 1)
+    texture = np.random.default_rng(0).uniform(0, 1, (64, 64, 3))
+    [glb, _] = export_glb(TexturedMesh(sphere.vertices, sphere.faces, uv, texture, sphere.vertex_normals),
+                          tmp_path / "asset.glb", lods=1)
+    asset = "sphere-0123456789ab"
+    s3.store.put(f"{asset}/recon/asset.glb", glb.read_bytes())
+    result = package_stage(asset=asset, glb_key=f"{asset}/recon/asset.glb", engine="unreal", collision=True,
+                           compress=False, usdz=True, models=["u2netp", "zero123plus-v1.2"])
+    name = "sphere_0123456789ab"
+    assert set(result["outputs"]) == {f"{name}.glb", f"{name}.usdz", "manifest.json"}
+    for output in result["outputs"]:
+        assert key_of(result, output, asset) == f"{asset}/package/{output}"
+    manifest = json.loads(s3.store.get(f"{asset}/package/manifest.json"))
+    assert set(manifest["files"]) == {f"{name}.glb", f"{name}.usdz"}
+    assert manifest["licences"]["commercial_use"] == "restricted"
+    assert result["details"]["collision"]["volume_coverage"] >= 0.95
