@@ -51,7 +51,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def s3(prefect_server, tiny_models_file, shared_dir, s3_endpoint, monkeypatch):
+def s3(prefect_server, tiny_models_file, u2netp_file, s3_endpoint, monkeypatch):
     """A fresh bucket behind a fault proxy, and the settings that point every flow at it."""
     from flows.store import open_store
     from stages.settings import CONFIG_ENV
@@ -64,7 +64,7 @@ def s3(prefect_server, tiny_models_file, shared_dir, s3_endpoint, monkeypatch):
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = FaultProxy(host, int(port))
     settings = {CONFIG_ENV: str(tiny_models_file),
-                "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx"),
+                "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(u2netp_file),
                 "TEXT_TO_3D_STORE": f"s3://{bucket}/assets", "TEXT_TO_3D_S3_ENDPOINT_URL": proxy.url,
                 # one attempt per request: a dropped connection reaches the stage's own retry
                 "TEXT_TO_3D_S3_MAX_ATTEMPTS": "1"}
