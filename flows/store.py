@@ -92,8 +92,11 @@ class LocalStore:
         path = self.root / _check_key(key)
         digest = sha256_of(data)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(path.parent, exclusive=True):
-            write_set_atomically({self._checksum_path(path): digest.encode(), path: data})
+        try:
+            with self._locked(path.parent, exclusive=True):
+                write_set_atomically({self._checksum_path(path): digest.encode(), path: data})
+        except OSError as error:  # a full disk, a read-only store: name the artifact, keep the cause
+            raise OSError(error.errno, f"{self.uri(key)}: could not store {len(data)} bytes: {error.strerror or error}") from error
         return StoredObject(self.uri(key), digest, len(data))
 
     def get(self, key: str) -> bytes:
