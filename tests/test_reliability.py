@@ -1,6 +1,6 @@
 """Faults injected into real runs, and what comes out: the rows of docs/reliability.md not
-already tested with their feature (the killed worker, the corrupted object and the batch
-live in tests/test_flows.py, concurrent writers in tests/test_store.py).
+already tested with their feature (the killed worker, dropped connections and the batch live
+in tests/test_flows.py, the corrupted object and concurrent writers in tests/test_store.py).
 
 S3 faults are real HTTP: moto's server behind the fault proxy (tests/fault_proxy.py). The
 full disk is the kernel refusing a write (``RLIMIT_FSIZE`` in a child process), and the
