@@ -1,6 +1,7 @@
 """Faults injected into real runs, and what comes out: the rows of docs/reliability.md not
 already tested with their feature (the killed worker, dropped connections and the batch live
-in tests/test_flows.py, the corrupted object and concurrent writers in tests/test_store.py).
+in tests/test_flows.py, the corrupted object and concurrent writers in tests/test_store.py,
+deleted outputs and concurrent runs in tests/test_caching.py).
 
 S3 faults are real HTTP: moto's server behind the fault proxy (tests/fault_proxy.py). The
 full disk is the kernel refusing a write (``RLIMIT_FSIZE`` in a child process), and the
@@ -100,16 +101,6 @@ def test_a_stage_out_of_gpu_memory_is_retried_and_the_retry_completes_the_asset(
     assert state.is_completed(), state.result(raise_on_failure=False)
     assert {name: run.run_count for name, run in _task_runs(state).items() if run.run_count > 1} == {"six-views": 2}
     assert s3.store.exists(f"{asset}/manifest.json")
-
-
-@pytest.mark.xfail(strict=True, reason="issue 16, item 1: a cached result whose outputs are missing is a miss")
-def test_a_cached_stage_whose_outputs_were_deleted_runs_again(s3, inputs):
-    asset, first = _retexture(inputs, seed=13)
-    assert first.is_completed(), first.result(raise_on_failure=False)
-    s3.store.client.delete_object(Bucket=s3.store.bucket, Key=f"{s3.store.prefix}/{asset}/views/grid.png")
-    _, rerun = _retexture(inputs, seed=13)
-    assert rerun.is_completed(), rerun.result(raise_on_failure=False)
-    assert _states(rerun)["six-views"] == "Completed" and s3.store.exists(f"{asset}/views/grid.png")
 
 
 # A child process whose files may not grow past 64 kB: the kernel fails the write part-way,
