@@ -62,7 +62,8 @@ def write_batch(path: Path, inputs: dict[str, Path], rows: int, bad: int) -> dic
     for number in range(1, rows + 1):
         if number in bad_numbers:
             row, error = BAD_ROWS[len(expected) % len(BAD_ROWS)]
-            text = row if isinstance(row, str) else json.dumps(row)
+            # a seed of its own: a bad row repeated is a new request, not a duplicate the batch skips
+            text = row if isinstance(row, str) else json.dumps({**row, "seed": 1000 + number})
             for key, value in names.items():
                 text = text.replace("{" + key + "}", value)
             lines.append(text)
