@@ -2,15 +2,17 @@
 
 Two backends behind one interface: a local folder (the embedded default) and S3 through
 boto3 (any ``endpoint_url``: AWS, MinIO, R2, moto's server). Writes are whole or absent
-(local: a scratch file renamed into place; S3: a single PUT or a completed multipart
-upload), every object carries its SHA-256, and reads verify it, so a truncated or altered
-artifact is never used silently.
+(local: scratch files renamed into place under a lock; S3: a single PUT or a completed
+multipart upload), every object carries its SHA-256, and reads verify it, so a truncated
+or altered artifact is never used silently.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +60,21 @@ def _check_key(key: str) -> str:
 
 
 class LocalStore:
-    """A folder; checksums live in ``.sha256`` files beside the artifacts."""
+    """A folder; checksums live in ``.sha256`` files beside the artifacts.
+
+    An artifact and its checksum are two files, so each folder has a ``.lock`` file: a
+    writer holds it exclusively (``flock``) while it renames the new pair into place, a
+    reader shares it while it reads the pair. So no reader sees one file's new version beside
+    the other's old one, and two writers of one key (two runs of one asset) cannot cross
+    their renames into a lasting mismatch. Locks are the operating system's: released when
+    a process dies, shared by every process on the machine, and on NFS emulated with its
+    byte-range locks. (An extended attribute would publish both in one rename, but tmpfs
+    before Linux 6.6 and macOS's Python have no user attributes.) A writer killed between
+    its two renames leaves a pair that fails verification: the read raises
+    ``IntegrityError``, as for any corrupt artifact, and the stage that wrote it runs again.
+    """
+
+    LOCK = ".lock"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -74,26 +90,52 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> StoredObject:
         # imported here: flow modules must import light (``prefect deploy`` loads them), and
         # recon's package pulls in torch
-        from recon.export import write_atomically
+        from recon.export import write_set_atomically
 
         path = self.root / _check_key(key)
         digest = sha256_of(data)
-        write_atomically(path.with_name(path.name + ".sha256"), digest.encode())
-        write_atomically(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._locked(path.parent, exclusive=True):
+                write_set_atomically({self._checksum_path(path): digest.encode(), path: data})
+        except OSError as error:  # a full disk, a read-only store: name the artifact, keep the cause
+            raise OSError(error.errno, f"{self.uri(key)}: could not store {len(data)} bytes: {error.strerror or error}") from error
         return StoredObject(self.uri(key), digest, len(data))
 
     def get(self, key: str) -> bytes:
         path = self.root / _check_key(key)
         if not path.is_file():
             raise FileNotFoundError(f"{self.uri(key)}: no such artifact")
-        data = path.read_bytes()
-        checksum = path.with_name(path.name + ".sha256")
-        if checksum.is_file() and checksum.read_text() != sha256_of(data):
+        with self._locked(path.parent, exclusive=False):
+            data = path.read_bytes()
+            checksum = self._checksum_path(path)
+            recorded = checksum.read_text() if checksum.is_file() else None
+        if recorded is not None and recorded != sha256_of(data):
             raise IntegrityError(f"{self.uri(key)}: content does not match its recorded sha256")
         return data
 
     def exists(self, key: str) -> bool:
         return (self.root / _check_key(key)).is_file()
+
+    @staticmethod
+    def _checksum_path(path: Path) -> Path:
+        return path.with_name(path.name + ".sha256")
+
+    @contextmanager
+    def _locked(self, folder: Path, exclusive: bool) -> Iterator[None]:
+        """Hold ``folder``'s lock. A reader finds it made: the writer of any artifact there
+        made it first; a folder written before stores had locks is read unlocked."""
+        lock = folder / self.LOCK
+        try:
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666) if exclusive else os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(handle)  # closing releases the lock
 
 
 class S3Store:

@@ -68,11 +68,12 @@ def test_six_view_stage_with_depth_control(tiny_checkpoints):
     assert result.cameras[0].elevation_deg == 30 and result.cameras[0].width == 320
 
 
-def test_demo_runs_the_mesh_flow_end_to_end_and_the_process_exits_cleanly(shared_dir, tmp_path):
+def test_demo_runs_the_mesh_flow_end_to_end_and_the_process_exits_cleanly(u2netp_file, tmp_path):
     """``make run``'s command as a process. Its exit status matters: pymeshlab imported first
     from a stage thread once made every run abort at exit after all files were written."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx")}
+           "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(u2netp_file),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # a busy CI machine starts it slowly
     for name in ("PREFECT_API_URL", "TEXT_TO_3D_STORE", "TEXT_TO_3D_CONFIG"):
         env.pop(name, None)
     script = Path(sys.executable).with_name("text-to-3d")

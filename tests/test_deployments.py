@@ -106,7 +106,7 @@ def prefect_api():
         yield str(settings.api.url), str(settings.results.local_storage_path)
 
 
-def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_models_file, shared_dir, tmp_path):
+def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_models_file, u2netp_file, tmp_path):
     from stages.sample_input import draw_sample_blockout, draw_sample_object
 
     api_url, result_storage = prefect_api
@@ -114,7 +114,7 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
     draw_sample_object(256).save(tmp_path / "bottle.png")
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_LOCAL_STORAGE_PATH": result_storage,
            "PREFECT_WORKER_QUERY_SECONDS": "1", "TEXT_TO_3D_CONFIG": str(tiny_models_file),
-           "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx"),
+           "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(u2netp_file),
            "TEXT_TO_3D_STORE": str(tmp_path / "store")}
     text_to_3d = [sys.executable, "-m", "flows.cli"]
     server = subprocess.Popen([*text_to_3d, "serve", "--api-url", api_url, "--gpus", "1"], env=env, cwd=ROOT,

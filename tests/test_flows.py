@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 import trimesh
 
+from bench.batch_soak import FAST
 from tests.conftest import free_port
 from tests.fault_proxy import FaultProxy
-
-# Small but complete: every stage runs, on tiny models, in a few seconds per asset.
-FAST = {"segmenter": "u2net", "view_steps": 1, "texture_size": 64, "lods": 2, "preview_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def s3(prefect_server, tiny_models_file, shared_dir, s3_endpoint, monkeypatch):
+def s3(prefect_server, tiny_models_file, u2netp_file, s3_endpoint, monkeypatch):
     """A fresh bucket behind a fault proxy, and the settings that point every flow at it."""
     from flows.store import open_store
     from stages.settings import CONFIG_ENV
@@ -64,7 +62,7 @@ def s3(prefect_server, tiny_models_file, shared_dir, s3_endpoint, monkeypatch):
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = FaultProxy(host, int(port))
     settings = {CONFIG_ENV: str(tiny_models_file),
-                "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx"),
+                "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(u2netp_file),
                 "TEXT_TO_3D_STORE": f"s3://{bucket}/assets", "TEXT_TO_3D_S3_ENDPOINT_URL": proxy.url,
                 # one attempt per request: a dropped connection reaches the stage's own retry
                 "TEXT_TO_3D_S3_MAX_ATTEMPTS": "1"}
@@ -202,7 +200,7 @@ def test_a_dropped_s3_connection_is_retried_and_the_flow_completes(s3, inputs):
     s3.proxy.drop(2)  # the HTTP client silently reconnects once; the second drop reaches the stage
     asset, state = _retexture(inputs, seed=5)
     assert state.is_completed(), state.result(raise_on_failure=False)
-    assert s3.proxy.dropped == 2
+    assert s3.proxy.faulted == 2
     retried = [name for name, run in _task_runs(state).items() if run.run_count > 1]
     assert retried == ["ingest-image"]
     assert s3.store.exists(f"{asset}/manifest.json")
@@ -264,29 +262,25 @@ def test_a_killed_flow_run_resumes_without_recomputing_finished_stages(s3, input
     assert states["retexture"] == "Completed"
 
 
-def test_a_batch_of_twenty_completes_and_a_bad_row_fails_alone(s3, inputs, tmp_path):
+def test_a_batch_of_twenty_completes_and_its_bad_rows_fail_alone(s3, inputs, tmp_path):
+    """bench/batch_soak.py's check on 20 rows, three of them bad (a line that is not JSON, a
+    blank prompt, a corrupt photo): every good row complete with outputs that verify, every
+    bad row failed alone with its reason, nothing partial; a rerun skips the complete rows."""
+    from bench.batch_soak import check_batch, write_batch
     from flows.batch import batch_text_to_3d
 
-    rows = [{"mesh": str(inputs["mesh"]), "image": str(inputs["image"]), "seed": seed} for seed in range(100, 120)]
-    rows += [{"prompt": "  "}, {"image": str(inputs["corrupt"]), "segmenter": "u2net"}]
-    lines = [json.dumps(row) for row in rows[:10]] + ['{"prompt": "a broken row",'] + \
-            [json.dumps(row) for row in rows[10:]]
     manifest = tmp_path / "nightly.jsonl"
-    manifest.write_text("\n".join(lines) + "\n")
-
+    expected = write_batch(manifest, inputs, rows=20, bad=3)
     state = batch_text_to_3d(str(manifest), concurrency=2, defaults=FAST, return_state=True)
     table = state.result(raise_on_failure=False)
-    assert state.is_failed() and "23 rows: 20 complete or skipped, 3 failed" in state.message
-    outcomes = {row["row"]: row for row in table}
-    failed = {number: row for number, row in outcomes.items() if row["status"] == "failed"}
-    assert set(failed) == {11, 22, 23}
-    assert "not valid JSON" in failed[11]["error"] and "prompt is empty" in failed[22]["error"]
-    assert failed[23]["failed_stage"] == "ingest-image"
-    manifests = [row["manifest"] for row in outcomes.values() if row["status"] == "completed"]
-    assert len(manifests) == 20 and all(s3.store.exists(uri.split("/assets/", 1)[1]) for uri in manifests)
+    assert state.is_failed() and "20 rows: 17 complete or skipped, 3 failed" in state.message
+    assert check_batch(s3.store, table, 20, expected) == []
+    assert [row["failed_stage"] for row in table if row["status"] == "failed"] == ["request", "request", "ingest-image"]
 
     rerun = batch_text_to_3d(str(manifest), concurrency=2, defaults=FAST, return_state=True)
-    assert sum(row["status"] == "skipped" for row in rerun.result(raise_on_failure=False)) == 20
+    assert sum(row["status"] == "skipped" for row in rerun.result(raise_on_failure=False)) == 17
+    s3.store.client.delete_object(Bucket=s3.store.bucket, Key=f"{s3.store.prefix}/{table[0]['asset']}/views/grid.png")
+    assert [problem.split(":")[0] for problem in check_batch(s3.store, table, 20, expected)] == ["row 1"]
 
 
 def test_the_dask_runner_runs_every_stage_on_a_local_cluster(s3, inputs, monkeypatch):

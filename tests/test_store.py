@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +40,52 @@ def test_round_trip_with_checksums(store):
         store.get("chest-1/image/other.png")
     with pytest.raises(ValueError, match="invalid artifact key"):
         store.put("../escape", b"x")
+
+
+# Two processes put different bytes under one key while a third reads it, all starting together.
+CONTENDER = """
+import json, os, sys, time
+import recon.export  # the store's writer, imported before the start (it brings torch)
+from flows.store import IntegrityError, LocalStore
+store, role, byte = LocalStore(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+while not os.path.exists(sys.argv[4]):
+    time.sleep(0.01)
+expected = lambda value: bytes([value]) * (10_000 * (value + 1))  # writer k: byte k, (k + 1) * 10 kB
+counts = {"integrity_errors": 0, "foreign": 0}
+for _ in range(300):
+    if role == "writer":
+        store.put("chest-1/views/grid.png", expected(byte))
+        continue
+    try:
+        data = store.get("chest-1/views/grid.png")
+    except IntegrityError:
+        counts["integrity_errors"] += 1
+    else:
+        counts["foreign"] += data != expected(data[0])
+print(json.dumps(counts))
+"""
+
+
+def test_concurrent_writers_of_one_key_never_show_a_reader_a_mismatched_pair(tmp_path):
+    """Each writer's data and checksum change together: every read returns one writer's
+    whole bytes and verifies, and the pair left at the end matches."""
+    store = LocalStore(tmp_path / "store")
+    store.put("chest-1/views/grid.png", bytes([0]) * 10_000)
+    start = tmp_path / "start"
+    roles = [("writer", 0), ("writer", 1), ("reader", 0)]
+    processes = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(store.root), role, str(byte), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=Path(__file__).parents[1])
+                 for role, byte in roles]
+    assert [process.stdout.readline() for process in processes] == ["ready\n"] * 3
+    start.touch()
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 3, [error[-600:] for _, error in outputs]
+    assert [json.loads(output) for output, _ in outputs[2:]] == [{"integrity_errors": 0, "foreign": 0}]
+    data = store.get("chest-1/views/grid.png")
+    assert data in {bytes([byte]) * (10_000 * (byte + 1)) for byte in range(2)}
+    assert not list((store.root / "chest-1" / "views").glob(".*.partial"))
 
 
 def test_large_objects_go_up_in_parts(s3_store):

@@ -335,8 +335,8 @@ def test_unambiguous_modes_are_converted(pipe_v12):
         assert torch.isfinite(out).all(), image.mode
 
 
-def test_real_inputs_rgba_and_rgb(pipe_v12, shared_dir):
-    for name in ("extinguisher.png", "ghost-eating-burger.png"):
-        with Image.open(shared_dir / "data" / "inputs" / name) as image:
-            grid = pipe_v12(image, generator=torch.Generator().manual_seed(0), **SMALL).images[0]
-        assert grid.size == (128, 192)
+def test_photos_rgba_and_rgb(pipe_v12, object_photos):
+    assert {"RGBA", "RGB"} <= {photo.mode for photo in object_photos.values()}
+    for name, photo in object_photos.items():
+        grid = pipe_v12(photo, generator=torch.Generator().manual_seed(0), **SMALL).images[0]
+        assert grid.size == (128, 192), name
