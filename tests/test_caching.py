@@ -173,9 +173,9 @@ def local(prefect_server, tiny_models_file, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def with_u2netp(local, shared_dir, monkeypatch):
+def with_u2netp(local, u2netp_file, monkeypatch):
     """The local store, and the real u2netp the cutout stage runs."""
-    local.env["TEXT_TO_3D_MODELS__U2NETP__SOURCE"] = str(shared_dir / "data" / "u2netp.onnx")
+    local.env["TEXT_TO_3D_MODELS__U2NETP__SOURCE"] = str(u2netp_file)
     monkeypatch.setenv("TEXT_TO_3D_MODELS__U2NETP__SOURCE", local.env["TEXT_TO_3D_MODELS__U2NETP__SOURCE"])
     return local
 

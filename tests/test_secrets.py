@@ -29,7 +29,7 @@ def _files(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
 
 
-def test_a_flow_run_with_canary_credentials_leaves_them_nowhere(prefect_server, tiny_models_file, shared_dir,
+def test_a_flow_run_with_canary_credentials_leaves_them_nowhere(prefect_server, tiny_models_file, u2netp_file,
                                                                s3_endpoint, monkeypatch, capfd, caplog, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
@@ -44,7 +44,7 @@ def test_a_flow_run_with_canary_credentials_leaves_them_nowhere(prefect_server, 
     # Secrets only: the access key id is an identifier that every presigned link names.
     for name, value in {"AWS_ACCESS_KEY_ID": "canary-key-id", "AWS_SECRET_ACCESS_KEY": canary,
                         "HF_TOKEN": canary, "AWS_DEFAULT_REGION": "us-east-1", CONFIG_ENV: str(tiny_models_file),
-                        "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(shared_dir / "data" / "u2netp.onnx"),
+                        "TEXT_TO_3D_MODELS__U2NETP__SOURCE": str(u2netp_file),
                         "TEXT_TO_3D_STORE": f"s3://{bucket}/assets", "TEXT_TO_3D_S3_ENDPOINT_URL": s3_endpoint}.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=s3_endpoint)
