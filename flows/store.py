@@ -154,7 +154,7 @@ class S3Store:
         # botocore retries throttling, 5xx and connection errors with backoff; a task-level
         # retry sits above this for longer outages. Links are signed with SigV4: boto3 would
         # presign with SigV2, which AWS regions opened since 2014 refuse.
-        config = Config(retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        config = Config(retries={"total_max_attempts": max_attempts, "mode": "adaptive"},
                         connect_timeout=connect_timeout, read_timeout=read_timeout, signature_version="s3v4")
         self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
 

@@ -62,7 +62,7 @@ def test_throttling_is_backed_off_and_a_lasting_throttle_fails_with_s3s_code(fau
     from botocore.exceptions import ClientError
 
     proxy, bucket, _ = faulty_s3
-    store = S3Store(bucket, "assets", endpoint_url=proxy.url, max_attempts=2)
+    store = S3Store(bucket, "assets", endpoint_url=proxy.url, max_attempts=3)
     proxy.throttle(2)
     store.put("chest-1/image/image.png", b"pixels")
     assert proxy.faulted == 2 and store.get("chest-1/image/image.png") == b"pixels"
@@ -72,11 +72,11 @@ def test_throttling_is_backed_off_and_a_lasting_throttle_fails_with_s3s_code(fau
 
 
 def test_s3_errors_fail_a_stage_and_its_retry_completes_the_asset(s3, inputs):
-    """The flow's S3 client retries a request once here, so two 500s reach the stage."""
-    s3.proxy.fail(2)
+    """The flow's S3 client tries each request once here, so S3's 500 reaches the stage."""
+    s3.proxy.fail(1)
     asset, state = _retexture(inputs, seed=11)
     assert state.is_completed(), state.result(raise_on_failure=False)
-    assert s3.proxy.faulted == 2
+    assert s3.proxy.faulted == 1
     assert {name: run.run_count for name, run in _task_runs(state).items() if run.run_count > 1} == {"ingest-image": 2}
     assert s3.store.exists(f"{asset}/manifest.json")
 
