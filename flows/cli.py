@@ -118,7 +118,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     for path in paths:
         print(path)
     if args.previews:
-        from recon.export import write_atomically
+        from recon.files import write_atomically
         from stages.image_output import save_image
         from stages.preview import load_asset_mesh, render_previews
 
@@ -221,7 +221,8 @@ def _run(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from flows.serve import serve
 
-    sys.exit(serve(api_url=args.api_url, port=args.port, gpu_slots=args.gpus, config=os.environ.get("TEXT_TO_3D_CONFIG")))
+    sys.exit(serve(api_url=args.api_url, port=args.port, gpu_slots=args.gpus, config=os.environ.get("TEXT_TO_3D_CONFIG"),
+                   warm=args.warm))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -367,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-url", help="use this Prefect server instead of starting one")
     serve.add_argument("--port", type=int, default=4200)
     serve.add_argument("--gpus", type=_bounded(int, check_positive), help="GPU stages at once (default: CUDA devices, at least 1)")
+    serve.add_argument("--warm", action="store_true",
+                       help="run every flow run's stages on one long-lived local Dask worker: models stay loaded")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="offline mesh-to-3d flow on tiny models and built-in inputs")
