@@ -4,6 +4,8 @@ Starts a local Prefect server (unless ``--api-url`` names one), creates the ``gp
 work pool and the ``gpu`` tag concurrency limit (one GPU stage at a time per GPU),
 registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
 ``prefect deployment run text-to-3d/default --param prompt="..."`` works from any shell.
+With ``warm=True`` (``serve --warm``) the stages of every flow run go to one long-lived local
+Dask worker, so their imports and loaded models outlive each flow run's own process.
 """
 
 from __future__ import annotations
