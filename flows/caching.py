@@ -200,7 +200,9 @@ class StageCachePolicy(CachePolicy):
             "inputs": INPUTS.compute_key(None, inputs, {}),
             "stored_inputs": {name: stored_digest(store, value) for name, value in sorted(inputs.items())
                               if name.endswith("_key") and isinstance(value, str)},
-            "task_source": hash_objects(inspect.getsource(task.fn)),
+            # Prefect keeps the source on the task: on a Dask or Ray worker the function
+            # arrives by cloudpickle, whose code objects have no file to read it from
+            "task_source": hash_objects(task.source_code or inspect.getsource(task.fn)),
             "models": {name: model_version(name, settings, device) for name in (self.models or (lambda _: []))(inputs)},
             "device": str(device) if self.on_device else None,
             "code": code_version(),

@@ -59,7 +59,8 @@ def _views(args: argparse.Namespace) -> None:
 def _image(args: argparse.Namespace) -> None:
     from stages.image_output import check_output_place, image_format, save_image, save_json
     from stages.model_cache import get_model
-    from stages.text_to_image import prompt_words, text_to_image
+    from stages.bounds import prompt_words
+    from stages.text_to_image import text_to_image
 
     prompt_words(args.prompt)
     image_format(Path(args.output))
@@ -118,7 +119,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     for path in paths:
         print(path)
     if args.previews:
-        from recon.export import write_atomically
+        from recon.files import write_atomically
         from stages.image_output import save_image
         from stages.preview import load_asset_mesh, render_previews
 
@@ -245,7 +246,8 @@ def _run(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from flows.serve import serve
 
-    sys.exit(serve(api_url=args.api_url, port=args.port, gpu_slots=args.gpus, config=os.environ.get("TEXT_TO_3D_CONFIG")))
+    sys.exit(serve(api_url=args.api_url, port=args.port, gpu_slots=args.gpus, config=os.environ.get("TEXT_TO_3D_CONFIG"),
+                   warm=args.warm))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -401,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-url", help="use this Prefect server instead of starting one")
     serve.add_argument("--port", type=int, default=4200)
     serve.add_argument("--gpus", type=_bounded(int, check_positive), help="GPU stages at once (default: CUDA devices, at least 1)")
+    serve.add_argument("--warm", action="store_true",
+                       help="run every flow run's stages on one long-lived local Dask worker: models stay loaded")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="offline mesh-to-3d flow on tiny models and built-in inputs")

@@ -154,7 +154,7 @@ def request_asset_id(request: AssetRequest) -> str:
     from flows.tasks import input_digest
     from stages.registry import check_licence_policy, registry
     from stages.settings import load_settings
-    from stages.text_to_image import prompt_words
+    from stages.bounds import prompt_words
 
     prompt = getattr(request, "prompt", None)
     if prompt is not None:

@@ -91,11 +91,13 @@ def gpu_resources(submitted_task: Any) -> contextlib.AbstractContextManager:
 def _gpus_declared() -> bool:
     """Annotate only where workers have GPUs to give: an external cluster (its workers are
     started with GPU resources) or a local one on a CUDA machine."""
-    import torch
-
     from flows.tasks import settings
 
-    return bool(settings().task_runner_address) or torch.cuda.is_available()
+    if settings().task_runner_address:
+        return True
+    import torch  # only here: a flow run on an external cluster imports no torch
+
+    return torch.cuda.is_available()
 
 
 def _advance(job: Job, result: dict | None) -> Step | None:
@@ -118,10 +120,19 @@ def _import_native_libraries_on_this_thread() -> None:
     import recon.surface  # noqa: F401
 
 
+def _stages_run_here() -> bool:
+    """Whether stages run in this process (threads), not on a Dask or Ray cluster's workers."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
+
+
 def run_jobs(jobs: list[Job], concurrency: int = 4) -> list[Outcome]:
     """Run every job's plan to its manifest, stage name by stage name; never raises for
     one job's failure (its outcome says what failed and why)."""
-    _import_native_libraries_on_this_thread()
+    if _stages_run_here():
+        _import_native_libraries_on_this_thread()
     outcomes: dict[str, Outcome] = {}
     waiting: dict[str, tuple[Job, Step]] = {}
     for job in jobs:

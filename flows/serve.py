@@ -4,6 +4,8 @@ Starts a local Prefect server (unless ``--api-url`` names one), creates the ``gp
 work pool and the ``gpu`` tag concurrency limit (one GPU stage at a time per GPU),
 registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
 ``prefect deployment run text-to-3d/default --param prompt="..."`` works from any shell.
+With ``warm=True`` (``serve --warm``) the stages of every flow run go to one long-lived local
+Dask worker, so their imports and loaded models outlive each flow run's own process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +23,10 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = "gpu"
 SHUTDOWN_GRACE_SECONDS = 15  # then children that have not stopped are killed
+# Prefect's process worker asks for scheduled runs every 10 s by default, so a deployment run
+# waited 5 s on average, up to 10, before it started: serve's own worker asks every second
+# (a poll is one small query to the local server). The caller's environment still wins.
+WORKER_DEFAULTS = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
 
 
 def _prefect() -> str:
@@ -44,8 +51,39 @@ def _gpu_slots() -> int:
     return max(torch.cuda.device_count(), 1)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_warm_pool(env: dict[str, str], gpu_slots: int, children: list[subprocess.Popen]) -> str:
+    """Start a local Dask scheduler and one long-lived worker process; returns its address.
+
+    Flow runs still get a fresh process each, but with ``TEXT_TO_3D_TASK_RUNNER=dask`` at this
+    address their stages run on this worker, whose imports and model cache outlive every
+    flow run: models load once per ``serve``, not once per asset. The worker has ``gpu_slots``
+    GPU resources (GPU stages ask for one each) and imports pymeshlab on its main thread first
+    (see ``runner._import_native_libraries_on_this_thread``).
+    """
+    dask = shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
+    port = _free_port()
+    children.append(subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                      "--no-dashboard"], env=env, cwd=REPOSITORY))
+    address = f"tcp://127.0.0.1:{port}"
+    children.append(subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads",
+                                      str(max(os.cpu_count() or 1, 2)), "--resources", f"GPU={gpu_slots}",
+                                      "--preload", "recon.surface", "--no-dashboard"], env=env, cwd=REPOSITORY))
+    return address
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: ``env`` over serve's latency-minded worker defaults."""
+    return {**WORKER_DEFAULTS, **env}
+
+
 def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = None,
-          config: str | None = None) -> int:
+          config: str | None = None, warm: bool = False) -> int:
     """Run server (optional), pool, limit, deployments and a worker; returns the worker's exit code."""
     env = {**os.environ, "TEXT_TO_3D_HOME": str(REPOSITORY)}
     if config:
@@ -80,17 +118,22 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
                                              env={**env, "PREFECT_API_URL": api_url}))
         _wait_healthy(api_url)
         env["PREFECT_API_URL"] = api_url
+        gpu_slots = gpu_slots or _gpu_slots()
+        if warm:
+            env["TEXT_TO_3D_TASK_RUNNER"] = "dask"
+            env["TEXT_TO_3D_TASK_RUNNER_ADDRESS"] = _start_warm_pool(env, gpu_slots, children)
         prefect = _prefect()
         for command in (
             [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-            [prefect, "concurrency-limit", "create", "gpu", str(gpu_slots or _gpu_slots())],
+            [prefect, "concurrency-limit", "create", "gpu", str(gpu_slots)],
             [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPOSITORY / "prefect.yaml")],
         ):
             subprocess.run(command, env=env, cwd=REPOSITORY, check=True, stdout=subprocess.DEVNULL)
         print(f"Prefect UI and API: {api_url.removesuffix('/api')}\n"
               f"try: PREFECT_API_URL={api_url} prefect deployment run text-to-3d/default "
               "--param prompt=\"a mossy treasure chest\"", flush=True)
-        children.append(subprocess.Popen([prefect, "worker", "start", "--pool", POOL], env=env, cwd=REPOSITORY))
+        children.append(subprocess.Popen([prefect, "worker", "start", "--pool", POOL], env=worker_environment(env),
+                                         cwd=REPOSITORY))
         return children[-1].wait()
     except KeyboardInterrupt:
         return 0

@@ -88,9 +88,7 @@ class LocalStore:
         return str(self.root / _check_key(key))
 
     def put(self, key: str, data: bytes) -> StoredObject:
-        # imported here: flow modules must import light (``prefect deploy`` loads them), and
-        # recon's package pulls in torch
-        from recon.export import write_set_atomically
+        from recon.files import write_set_atomically
 
         path = self.root / _check_key(key)
         digest = sha256_of(data)

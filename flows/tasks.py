@@ -132,7 +132,7 @@ def _digest_of_version(version: tuple, location: str, endpoint: str | None) -> s
 
 def read_user_file(location: str) -> bytes:
     """A user's input file, a mesh refused from its size alone when over ``max_mesh_bytes``."""
-    from stages.retexture import MESH_FORMATS
+    from stages.bounds import MESH_FORMATS
 
     current = settings()
     if Path(location).suffix.lstrip(".").lower() in MESH_FORMATS:

@@ -13,6 +13,7 @@ field location).
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
@@ -23,6 +24,7 @@ LODS = (1, 6)
 IMAGE_SIZES = (64, 2048)
 IMAGE_SIZE_MULTIPLE = 8  # SDXL's VAE downsamples by 8
 STEPS = (1, 200)
+MESH_FORMATS = ("glb", "gltf", "obj", "ply", "off", "stl")  # what trimesh loads for a blockout
 
 
 def _within(value: int, bounds: tuple[int, int], what: str) -> int:
@@ -86,3 +88,21 @@ Height = Annotated[float, AfterValidator(check_height), Field(json_schema_extra=
 ImageSize = Annotated[int, AfterValidator(check_image_size), Field(
     json_schema_extra={"minimum": IMAGE_SIZES[0], "maximum": IMAGE_SIZES[1], "multipleOf": IMAGE_SIZE_MULTIPLE})]
 Steps = Annotated[int, AfterValidator(check_steps), Field(json_schema_extra={"minimum": STEPS[0], "maximum": STEPS[1]})]
+
+
+def prompt_words(prompt: object) -> list[str]:
+    """The words of a prompt; ``TypeError`` for non-strings, ``ValueError`` for blank ones
+    and for control characters other than whitespace (a NUL byte from a broken manifest
+    would otherwise reach the tokenizer and the asset's slug unseen).
+
+    Cheap enough to run before any model is loaded.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    for position, character in enumerate(prompt):
+        if unicodedata.category(character) == "Cc" and not character.isspace():
+            raise ValueError(f"prompt contains the control character U+{ord(character):04X} at position {position}")
+    words = prompt.split()
+    if not words:
+        raise ValueError("prompt is empty")
+    return words

@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from recon.export import write_atomically
+from recon.files import write_atomically
 
 
 ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")  # formats that keep a cutout's transparency

@@ -29,7 +29,8 @@ import trimesh
 
 from recon.collision import convex_pieces, volume_coverage
 from recon.compress import compress_glb
-from recon.export import METALLIC, ROUGHNESS, bake_occlusion, pbr_material, write_set_atomically
+from recon.export import METALLIC, ROUGHNESS, bake_occlusion, pbr_material
+from recon.files import write_set_atomically
 from recon.usdz import compliance_errors, write_usdz
 from stages.preview import load_asset_mesh
 from stages.reconstruct import validate_exports

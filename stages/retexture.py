@@ -19,11 +19,11 @@ from PIL import Image
 from recon.render import MeshRenderer, depth_condition_grid
 from recon.surface import repair_mesh
 from recon.texture import TexturedMesh, bake_base_colour
+from stages.bounds import MESH_FORMATS
 from stages.reconstruct import to_pinhole
 from zero123pp import view_cameras
 from zero123pp.views import NUM_VIEWS, Version
 
-MESH_FORMATS = ("glb", "gltf", "obj", "ply", "off", "stl")
 MAX_FACES = 2_000_000
 MAX_BYTES = 256 * 2**20
 

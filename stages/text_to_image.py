@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
-from stages.bounds import check_image_size, check_steps
+from stages.bounds import check_image_size, check_steps, prompt_words
 from stages.model_cache import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -40,24 +39,6 @@ class GeneratedImage:
 
     image: Image.Image
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def prompt_words(prompt: object) -> list[str]:
-    """The words of a prompt; ``TypeError`` for non-strings, ``ValueError`` for blank ones
-    and for control characters other than whitespace (a NUL byte from a broken manifest
-    would otherwise reach the tokenizer and the asset's slug unseen).
-
-    Cheap enough to run before any model is loaded.
-    """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    for position, character in enumerate(prompt):
-        if unicodedata.category(character) == "Cc" and not character.isspace():
-            raise ValueError(f"prompt contains the control character U+{ord(character):04X} at position {position}")
-    words = prompt.split()
-    if not words:
-        raise ValueError("prompt is empty")
-    return words
 
 
 def check_prompt(prompt: object, tokenizer: Any, template: str = PROMPT_TEMPLATE) -> str:

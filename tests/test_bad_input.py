@@ -17,7 +17,7 @@ from flows.batch import row_request
 from flows.cli import build_parser, main
 from flows.requests import AssetOptions, request_asset_id
 from flows.store import input_version
-from recon.export import write_atomically, write_set_atomically
+from recon.files import write_atomically, write_set_atomically
 from stages.retexture import load_blockout
 from stages.sample_input import draw_sample_object
 from stages.six_views import require_object

@@ -147,3 +147,36 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
         print(output[-3000:])
+
+
+def test_serve_polls_for_flow_runs_every_second_unless_the_environment_says_otherwise():
+    from flows.serve import worker_environment
+
+    assert worker_environment({})["PREFECT_WORKER_QUERY_SECONDS"] == "1"
+    assert worker_environment({"PREFECT_WORKER_QUERY_SECONDS": "5"})["PREFECT_WORKER_QUERY_SECONDS"] == "5"
+
+
+def test_a_flow_run_process_orchestrates_without_importing_torch_trimesh_or_open3d(tmp_path):
+    """With stages on a cluster's workers the flow run only names, plans and stores: a fresh
+    process per flow run must not pay seconds of heavy imports for that."""
+    from stages.sample_input import draw_sample_blockout, draw_sample_object
+
+    draw_sample_blockout().export(tmp_path / "bottle.glb")
+    draw_sample_object(64).save(tmp_path / "bottle.png")
+    script = f"""
+import sys
+import flows.batch, flows.image_to_3d, flows.mesh_to_3d, flows.text_to_3d
+from flows.plans import plan_for
+from flows.requests import MeshTo3DRequest, TextTo3DRequest, request_asset_id
+from flows.tasks import store
+for request in (MeshTo3DRequest(mesh={str(tmp_path / "bottle.glb")!r}, image={str(tmp_path / "bottle.png")!r}),
+                TextTo3DRequest(prompt="a mossy chest")):
+    asset = request_asset_id(request)
+    next(plan_for(request, asset))
+    store().put(asset + "/manifest.json", b"{{}}")
+print(sorted(name for name in ("torch", "trimesh", "open3d", "pymeshlab", "diffusers") if name in sys.modules))
+"""
+    env = {**os.environ, "TEXT_TO_3D_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
