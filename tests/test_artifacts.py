@@ -202,6 +202,13 @@ def test_serve_on_another_port_serves_a_ui_that_asks_the_api_on_that_port(tmp_pa
             with get_client(sync_client=True) as client:
                 [artifact] = client.read_artifacts(
                     artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{asset}-summary"])))
+            # The flow's events and logs go to this server through process-wide workers; sent
+            # now, they cannot keep a later test's harness waiting on a server that is gone.
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
         page = f"{base}{ui_settings['v2_base_url']}/artifacts/artifact/{artifact.id}"
         headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                     "--virtual-time-budget=20000"]
