@@ -317,7 +317,8 @@ def test_the_package_stage_stores_the_delivery_set_under_the_asset_and_its_manif
     asset = "sphere-0123456789ab"
     s3.store.put(f"{asset}/recon/asset.glb", glb.read_bytes())
     result = package_stage(asset=asset, glb_key=f"{asset}/recon/asset.glb", engine="unreal", collision=True,
-                           compress=False, usdz=True, models=["u2netp", "zero123plus-v1.2"])
+                           compress=False, usdz=True, models=["u2netp", "zero123plus-v1.2"],
+                           collision_threshold=0.05, collision_max_hulls=16)
     name = "sphere_0123456789ab"
     assert set(result["outputs"]) == {f"{name}.glb", f"{name}.usdz", "manifest.json"}
     for output in result["outputs"]:

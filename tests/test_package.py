@@ -263,8 +263,10 @@ def test_the_plans_run_the_package_stage_last_with_the_requested_switches():
     task, arguments = next(plan)
     while task is not package_stage:
         task, arguments = plan.send({"outputs": outputs})
+    # the collision settings are arguments, so the stage's cache key holds them
     assert arguments == dict(asset=asset, glb_key=f"{asset}/stage/asset", engine="godot", collision=False,
-                             compress=False, usdz=True, models=["u2netp", "sam-vit-huge", "zero123plus-v1.2"])
+                             compress=False, usdz=True, models=["u2netp", "sam-vit-huge", "zero123plus-v1.2"],
+                             collision_threshold=0.05, collision_max_hulls=16)
     with pytest.raises(StopIteration) as done:
         plan.send({"outputs": {}})
     assert list(done.value.value)[-1] == "package"
