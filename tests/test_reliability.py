@@ -19,20 +19,14 @@ import boto3
 import pytest
 
 from flows.store import LocalStore, S3Store, sha256_of
-from tests.conftest import free_port
 from tests.fault_proxy import FaultProxy
 from tests.test_flows import _retexture, _states, _task_runs, inputs, prefect_server, s3  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
-def faulty_s3(s3_endpoint, monkeypatch):
+def faulty_s3(s3_endpoint, s3_bucket):
     """A fresh bucket reached through a fault proxy: ``(proxy, bucket, direct client)``."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"faults-{free_port()}"
-    direct = boto3.client("s3", endpoint_url=s3_endpoint)
-    direct.create_bucket(Bucket=bucket)
+    bucket, direct = s3_bucket, boto3.client("s3", endpoint_url=s3_endpoint)
     host, port = s3_endpoint.removeprefix("http://").split(":")
     proxy = FaultProxy(host, int(port))
     yield proxy, bucket, direct

@@ -8,7 +8,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import boto3
 import pytest
 
 from flows.assets import StageRecord, asset_id, build_manifest, read_manifest, slugify, write_manifest
@@ -17,13 +16,8 @@ from tests.conftest import free_port
 
 
 @pytest.fixture
-def s3_store(s3_endpoint, monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"assets-{free_port()}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return open_store(f"s3://{bucket}/studio", endpoint_url=s3_endpoint)
+def s3_store(s3_endpoint, s3_bucket):
+    return open_store(f"s3://{s3_bucket}/studio", endpoint_url=s3_endpoint)
 
 
 @pytest.fixture(params=["local", "s3"])
