@@ -233,14 +233,24 @@ def silhouette_field(
     to_voxels = _pixel_footprint(cameras) / voxel_size
     field.values = (exact * to_voxels).astype(np.float32).reshape(field.values.shape)
     tolerated = np.flatnonzero(tolerant > np.maximum(exact, 0.0))
-    if len(tolerated):
-        unexplained = _unexplained_distances(extract_surface(field, process=False), masks, cameras)
-        # a voxel is on an unexplained ray when its footprint covers an unexplained pixel
-        on_ray = sample_views(unexplained, cameras, centres[tolerated], np.inf).min(axis=0) <= 0.5 / to_voxels
-        restored = tolerated[on_ray]
-        values = field.values.reshape(-1)  # a view: writes go into the field
-        values[restored] = tolerant[restored] * to_voxels
-    return field
+    return restore_unexplained(field, masks, cameras, tolerated, tolerant[tolerated] * to_voxels)
+
+
+def restore_unexplained(field: VoxelField, masks: list[np.ndarray], cameras: list[PinholeCamera],
+                        candidates: np.ndarray, replacements: np.ndarray, min_views: int = 1) -> VoxelField:
+    """``field`` with the ``candidates`` (flat voxel indices) set to their ``replacements``
+    where they lie on the ray of a foreground pixel that misses ``field``'s surface: the
+    shape must cover every silhouette, so what was taken from such a ray is given back, and
+    nothing elsewhere. Voxels are on a ray when their footprint covers its pixel."""
+    if not len(candidates):
+        return field
+    unexplained = _unexplained_distances(extract_surface(field, process=False), masks, cameras)
+    half_voxel_px = 0.5 * field.voxel_size / _pixel_footprint(cameras)
+    centres = field.centres().reshape(-1, 3)[candidates]
+    on_ray = (sample_views(unexplained, cameras, centres, np.inf) <= half_voxel_px).sum(axis=0) >= min_views
+    values = field.values.reshape(-1).copy()
+    values[candidates[on_ray]] = replacements[on_ray]
+    return VoxelField(values.reshape(field.values.shape), field.origin, field.voxel_size)
 
 
 def _unexplained_distances(hull: trimesh.Trimesh, masks: list[np.ndarray], cameras: list[PinholeCamera]) -> np.ndarray:
