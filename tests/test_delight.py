@@ -97,6 +97,19 @@ def test_flat_lit_views_are_left_as_they_are(checkered):
     assert np.array_equal(delit.texture, lit.texture)
 
 
+def test_brightness_that_changes_with_hue_is_texture_not_light():
+    """A flat-lit sphere graded from dark green below to white above: its brightness follows
+    the normal as light from above would, but white light does not change hue."""
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    height = ((sphere.vertices[:, 1] / 0.5 + 1) / 2)[:, None] ** 1.5
+    colour = (1 - height) * np.array([0.1, 0.55, 0.35]) + height * np.array([0.95, 0.95, 0.85])
+    sphere.visual = trimesh.visual.ColorVisuals(sphere, vertex_colors=np.round(colour * 255).astype(np.uint8))
+    images, cameras = shaded_views(sphere)
+    lighting = estimate_lighting(sphere, images, cameras)
+    assert lighting.variation > lighting.noise  # the channels' disagreement alone lets it through
+    assert lighting.achromatic < 0.05 and not lighting.applied
+
+
 def test_the_lit_texture_is_kept_on_request():
     parser = build_parser()
     assert parser.parse_args(["reconstruct", "grid.png", "-o", "asset.glb", "--keep-lighting"]).keep_lighting
