@@ -54,6 +54,7 @@ from recon.render import MeshRenderer
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709, of linear RGB
 DARKEST = 1e-3  # linear light: colours are floored here before their logarithm
+DIM_CHANNEL = 0.02  # linear light (about 15 % in sRGB): a channel whose median is under it is not read for hue
 # Renders and generated views light every side of an object, with fill light or an
 # environment, so no part of it sits at under a tenth of the light of its best-lit side (in
 # linear light; about a third in sRGB). A fit that says otherwise took texture for light
@@ -178,12 +179,17 @@ def estimate_lighting(
     common = channels.mean(axis=0)
     noise = float(np.sqrt(areas @ ((channels - common) ** 2).mean(axis=0) / 2))
     variation = float(np.sqrt(max(areas @ common**2 - noise**2, 0.0)))
-    # The common fit's share that two hue fits (differences of channels) explain, by
+    # The common fit's share that the hue fits (differences of channels) explain, by
     # area-weighted least squares, is texture whose brightness and hue change together.
-    hue = np.stack([channels[0] - channels[1], channels[2] - channels[1]], axis=1)
+    # A channel the colour hardly has (blue in yellow) is floored noise, which follows no
+    # shading: its difference to the others would "explain" the shading itself, so only
+    # channels with some light in them take part.
+    lit = channels[np.median(colour, axis=0) > DIM_CHANNEL]
+    lit_common = lit.mean(axis=0) if len(lit) else common
+    hue = (lit[1:] - lit[0]).T
     root = np.sqrt(areas)
-    explained = hue @ np.linalg.lstsq(hue * root[:, None], common * root, rcond=None)[0]
-    achromatic = float(np.sqrt(areas @ (common - explained) ** 2))
+    explained = hue @ np.linalg.lstsq(hue * root[:, None], lit_common * root, rcond=None)[0] if len(lit) > 1 else 0.0
+    achromatic = float(np.sqrt(areas @ (lit_common - explained) ** 2))
     seen = (basis @ coefficients)[weights > 0]
     coefficients = coefficients - np.eye(9)[0] * seen.max() / 0.282095  # the brightest seen is 1
     low = max(float(seen.min() - seen.max()), float(np.log(DARKEST_SHADING)))

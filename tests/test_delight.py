@@ -110,6 +110,19 @@ def test_brightness_that_changes_with_hue_is_texture_not_light():
     assert lighting.achromatic < 0.05 and not lighting.applied
 
 
+def test_a_saturated_colour_is_still_delit():
+    """Yellow has next to no blue: that channel is floored noise that follows no shading,
+    and must not make the shading of the other two look like a change of hue."""
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    p = sphere.vertices
+    tile = (np.sin(20 * p[:, 0]) * np.sin(20 * p[:, 1] + 0.5) * np.sin(20 * p[:, 2] + 1.0)) > 0
+    colour = np.where(tile[:, None], [0.95, 0.85, 0.03], [0.9, 0.6, 0.02])
+    sphere.visual = trimesh.visual.ColorVisuals(sphere, vertex_colors=np.round(colour * 255).astype(np.uint8))
+    images, cameras = shaded_views(sphere, directional)
+    lighting = estimate_lighting(sphere, images, cameras)
+    assert lighting.applied and lighting.achromatic > 0.3
+
+
 def test_the_lit_texture_is_kept_on_request():
     parser = build_parser()
     assert parser.parse_args(["reconstruct", "grid.png", "-o", "asset.glb", "--keep-lighting"]).keep_lighting
