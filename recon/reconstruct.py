@@ -38,8 +38,9 @@ class ReconstructionOptions:
     coarse steps per ray; a match is a
     summed squared RGB difference under ``match_threshold``, beaten by ``distinctness``
     everywhere farther than ``ambiguity_voxels`` along its ray) and fuses them with
-    ``truncation_voxels``. ``normal_map`` also bakes a tangent-space normal map carrying the
-    dense surface's detail onto the decimated one. ``device`` runs the torch parts (view
+    ``truncation_voxels``, smoothing what they carved over ``fusion_smoothing_voxels``.
+    ``normal_map`` also bakes a tangent-space normal map carrying the dense surface's
+    detail onto the decimated one. ``device`` runs the torch parts (view
     sampling in the field, stereo and bake; camera refinement) on ``"cpu"``, ``"cuda"``,
     or with ``"auto"`` on a CUDA device when there is one. ``delight`` estimates the views'
     lighting (``recon.lighting``) and divides it out of the base colour, so engines do not
@@ -62,6 +63,7 @@ class ReconstructionOptions:
     texture_size: int = 1024
     normal_map: bool = False
     delight: bool = True
+    fusion_smoothing_voxels: float = 0.7
     device: str = "auto"
 
 
@@ -169,9 +171,10 @@ def _carve(field: VoxelField, images: list[np.ndarray], cameras: list[PinholeCam
         ambiguity=options.ambiguity_voxels * field.voxel_size, distinctness=options.distinctness,
         voxel_size=field.voxel_size, working_size=options.stereo_size,
     )
-    fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels)
+    fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels, options.fusion_smoothing_voxels)
     # A wrong depth on a thin part (a leg one or two pixels wide, matched on the body behind
-    # it) empties its voxels, and then no view's ray through it meets the shape. Every
+    # it), or the fusion's smoothing, empties its voxels, and then no view's ray through it
+    # meets the shape. Every
     # silhouette pixel must still see the object, so the hull comes back where the rays of
     # three views' such pixels cross: one view's ray alone would restore a fin of hull along
     # it wherever the fused outline is a pixel short (on the benchmark's realistic views,

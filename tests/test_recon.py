@@ -358,13 +358,16 @@ def test_cli_writes_valid_engine_ready_glbs(capsule_grid, tmp_path):
         assert mesh.visual.material.baseColorTexture.size == (texture_size, texture_size)
         assert mesh.visual.material.normalTexture.size == (texture_size, texture_size)
         # smooth normals are stored (viewers shade a GLB without them flat), one per position:
-        # the copies of a vertex along a UV seam share it, so no seam shows in the shading
+        # the copies of a vertex along a UV seam share it, so no seam shows in the shading.
+        # Where a coarse level's surface folds back onto itself at a vertex, the normals there
+        # cancel, and each copy keeps its own faces' normal (recon.texture): a rare point.
         positions, normals = glb_attribute(path, "POSITION"), glb_attribute(path, "NORMAL")
         assert np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
         _, position_of = np.unique(positions, axis=0, return_inverse=True)
         shared = np.zeros((position_of.max() + 1, 3), np.float32)
         shared[position_of.reshape(-1)] = normals
-        assert len(positions) > len(shared) and np.allclose(shared[position_of.reshape(-1)], normals)
+        differs = ~np.isclose(shared[position_of.reshape(-1)], normals, atol=1e-6).all(axis=1)
+        assert len(positions) > len(shared) and differs.sum() <= 0.005 * len(shared)
     assert faces[0] == faces[1] <= 1.05 * 4000
     assert faces[2] <= 0.55 * faces[1] and faces[3] <= 0.30 * faces[1]
     # the coarsest level, baked from LOD0's texture, still shows the same colours
