@@ -13,7 +13,8 @@ views, the PSNR of the result's texture rendered unlit, over the union of both m
 Under ``realistic`` the de-lit texture should come closer; under ``perfect`` (flat-lit
 views) de-lighting should change nothing. ``lighting`` is what reconstruction recorded
 (``recon.lighting.Lighting``): whether the shading was divided out, its estimated spread
-over the surface (``variation``) and the share of texture that follows the normal (``noise``).
+over the surface (``variation``), the share of texture that follows the normal (``noise``)
+and the part of the fit that no change of hue explains (``achromatic``).
 """
 
 from __future__ import annotations
@@ -79,22 +80,23 @@ def markdown(report: dict) -> str:
     lines = []
     for protocol, summary in report["protocols"].items():
         lines += [f"{protocol} (seed {report['seed']}):", "",
-                  "| mesh | de-lit PSNR dB | lit PSNR dB | gain dB | applied | variation | noise |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| mesh | de-lit PSNR dB | lit PSNR dB | gain dB | applied | variation | noise | achromatic |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in summary["meshes"]:
             if "error" in row["delit"] or "error" in row["lit"]:
                 lines.append(f"| {row['mesh']} | failed: {row['delit'].get('error') or row['lit'].get('error')} |"
-                             " | | | | |")
+                             " | | | | | |")
                 continue
             light = row["lighting"]
             lines.append(f"| {row['mesh']} | {row['delit']['psnr_db']:.2f} | {row['lit']['psnr_db']:.2f} | "
                          f"{row['delit']['psnr_db'] - row['lit']['psnr_db']:+.2f} | "
-                         f"{'yes' if light['applied'] else 'no'} | {light['variation']:.3f} | {light['noise']:.3f} |")
+                         f"{'yes' if light['applied'] else 'no'} | {light['variation']:.3f} | {light['noise']:.3f} | "
+                         f"{light['achromatic']:.3f} |")
         if "mean" in summary:
             mean = summary["mean"]
             lines.append(f"| **mean** | **{mean['delit']:.2f}** | **{mean['lit']:.2f}** | "
                          f"**{mean['delit'] - mean['lit']:+.2f}** | {summary['applied']} of "
-                         f"{len(summary['meshes']) - len(summary['failed'])} | | |")
+                         f"{len(summary['meshes']) - len(summary['failed'])} | | | |")
             lines += ["", f"de-lit better on {summary['delit_better']} meshes"]
         lines.append("")
     return "\n".join(lines)
