@@ -3,8 +3,9 @@
 Every stage is submitted to the flow's task runner (threads, Dask or Ray), so with a Dask or
 Ray runner the stages run on the cluster's workers; GPU stages then ask for one GPU each.
 A batch advances all its assets one stage name at a time (``plans.STAGE_ORDER``), at most
-``concurrency`` tasks at once: each model is loaded once per batch, not once per asset, and
-a failing asset stops only itself.
+``concurrency`` tasks at once, each asset's next task starting as soon as a slot frees:
+each model is loaded once per batch, not once per asset, and a failing asset stops only
+itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from prefect import task
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.assets import StageRecord, build_manifest, write_manifest
@@ -139,28 +141,33 @@ def run_jobs(jobs: list[Job], concurrency: int = 4) -> list[Outcome]:
         waiting[job.asset] = (job, _advance(job, None))
     while waiting:
         stage = min((step[0].name for _, step in waiting.values()), key=STAGE_ORDER.index)
-        ready = [asset for asset, (_, step) in waiting.items() if step[0].name == stage]
-        for start in range(0, len(ready), concurrency):
-            futures = {}
-            for asset in ready[start:start + concurrency]:
+        queue = [asset for asset, (_, step) in waiting.items() if step[0].name == stage]
+        running: dict[str, PrefectFuture] = {}
+        # A window of ``concurrency`` tasks: the next asset starts as soon as any one
+        # finishes, not when the slowest of a wave of ``concurrency`` does.
+        while queue or running:
+            while queue and len(running) < concurrency:
+                asset = queue.pop(0)
                 submitted_task, arguments = waiting[asset][1]
                 with gpu_resources(submitted_task):
-                    futures[asset] = submitted_task.submit(**arguments)
-            for asset, future in futures.items():
-                job = waiting[asset][0]
-                future.wait()
-                if not future.state.is_completed():
-                    error = future.state.result(raise_on_failure=False)
-                    outcomes[asset] = Outcome(asset, "failed", error=str(error), failed_stage=stage,
-                                              seconds=time.perf_counter() - job.clock)
-                    del waiting[asset]
-                    continue
-                following = _advance(job, future.result())
-                if following is None:
-                    del waiting[asset]
-                    outcomes[asset] = _finish(job)
-                else:
-                    waiting[asset] = (job, following)
+                    running[asset] = submitted_task.submit(**arguments)
+            finished = next(as_completed(list(running.values())))
+            finished.wait()  # done, but its state is only brought up to date by a wait
+            asset = next(name for name, future in running.items() if future is finished)
+            del running[asset]
+            job = waiting[asset][0]
+            if not finished.state.is_completed():
+                error = finished.state.result(raise_on_failure=False)
+                outcomes[asset] = Outcome(asset, "failed", error=str(error), failed_stage=stage,
+                                          seconds=time.perf_counter() - job.clock)
+                del waiting[asset]
+                continue
+            following = _advance(job, finished.result())
+            if following is None:
+                del waiting[asset]
+                outcomes[asset] = _finish(job)
+            else:
+                waiting[asset] = (job, following)
     return [outcomes[job.asset] for job in jobs]
 
 

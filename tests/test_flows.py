@@ -283,6 +283,37 @@ def test_a_batch_of_twenty_completes_and_its_bad_rows_fail_alone(s3, inputs, tmp
     assert [problem.split(":")[0] for problem in check_batch(s3.store, table, 20, expected)] == ["row 1"]
 
 
+def test_a_batch_stage_starts_the_next_asset_as_soon_as_a_slot_frees(prefect_server):
+    """Two slots, a slow asset and two quick ones at one stage: the third starts when the
+    second quick one is done, not when the slow one of its wave of two is."""
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.caching import PLAIN_JSON
+    from flows.runner import Job, run_jobs
+
+    started: dict[str, float] = {}
+
+    @task(name="reconstruct", persist_result=False, result_serializer=PLAIN_JSON)
+    def stage(asset: str, seconds: float) -> dict:
+        started[asset] = time.perf_counter()
+        time.sleep(seconds)
+        raise RuntimeError(f"{asset} ends here")  # no manifest to write: the stage is all there is
+
+    def plan(asset: str, seconds: float):
+        yield stage, dict(asset=asset, seconds=seconds)
+        return {}
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False)
+    def batch() -> list:
+        return [(outcome.asset, outcome.failed_stage) for outcome in run_jobs(
+            [Job(name, None, plan(name, seconds)) for name, seconds in (("slow", 3.0), ("quick", 0.2), ("third", 0.2))],
+            concurrency=2)]
+
+    assert batch() == [("slow", "reconstruct"), ("quick", "reconstruct"), ("third", "reconstruct")]
+    assert started["third"] - started["slow"] < 1.5, started
+
+
 def test_the_dask_runner_runs_every_stage_on_a_local_cluster(s3, inputs, monkeypatch):
     pytest.importorskip("prefect_dask", reason="the dask extra is not installed")
     from flows.mesh_to_3d import mesh_to_3d
