@@ -70,10 +70,10 @@ class Lighting:
     its natural logarithm in the real basis (``sh_basis``), offset so the brightest shading
     the views show is 1, and clamped below to the darkest they show (``low``, a log; never
     under ``DARKEST_SHADING``), so normals no view saw well are not extrapolated to.
-    ``variation`` is the log shading's
-    spread over the surface (area-weighted standard deviation; 0.1 is about 10 %) with the
-    share of texture that follows the normal taken out, ``noise`` that share (both from the
-    colour channels' own fits, see ``estimate_lighting``); ``achromatic`` the spread of the
+    ``variation`` is the log shading's spread over the surface (area-weighted standard
+    deviation; 0.1 is about 10 %) with the share of texture that follows the normal taken
+    out, ``noise`` that share (both from the colour channels' own fits, see
+    ``estimate_lighting``); ``achromatic`` the spread of the
     luminance fit that no change of hue explains; ``applied`` says whether the bake divides
     it out."""
 

@@ -125,7 +125,7 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
     phase("silhouette field")
     hull_field = field
     if options.stereo:
-        field, details["stereo"] = _carve(hull_field, images, cameras, options)
+        field, details["stereo"] = _carve(hull_field, images, masks, cameras, options)
         phase("multi-view stereo and fusion")
     dense = clean_surface(extract_surface(field))
     phase("iso-surface and clean-up")
@@ -140,7 +140,7 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
         # where it leaves the surface, as in a mug's cup. So, beyond that noise, the sweep
         # runs again on the compensated views.
         if options.stereo and np.abs(np.log(gains)).max() > options.exposure_noise:
-            field, details["stereo"] = _carve(hull_field, images, cameras, options)
+            field, details["stereo"] = _carve(hull_field, images, masks, cameras, options)
             dense = clean_surface(extract_surface(field))
             details["stereo"]["after_exposure_compensation"] = True
             phase("stereo again, exposure compensated")
@@ -160,7 +160,7 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
     return replace(textured, details=details)
 
 
-def _carve(field: VoxelField, images: list[np.ndarray], cameras: list[PinholeCamera],
+def _carve(field: VoxelField, images: list[np.ndarray], masks: list[np.ndarray], cameras: list[PinholeCamera],
            options: ReconstructionOptions) -> tuple[VoxelField, dict]:
     """The hull ``field`` carved by multi-view stereo, or the hull itself when the views
     agree on its colours better than on the carved surface's: stereo must never leave the
@@ -174,14 +174,12 @@ def _carve(field: VoxelField, images: list[np.ndarray], cameras: list[PinholeCam
     fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels, options.fusion_smoothing_voxels)
     # A wrong depth on a thin part (a leg one or two pixels wide, matched on the body behind
     # it), or the fusion's smoothing, empties its voxels, and then no view's ray through it
-    # meets the shape. Every
-    # silhouette pixel must still see the object, so the hull comes back where the rays of
-    # three views' such pixels cross: one view's ray alone would restore a fin of hull along
-    # it wherever the fused outline is a pixel short (on the benchmark's realistic views,
-    # two views still did on the airplane's wings).
+    # meets the shape. Every silhouette pixel must still see the object, so the hull comes
+    # back where the rays of three views' such pixels cross: one view's ray alone would
+    # restore a fin of hull along it wherever the fused outline is a pixel short (on the
+    # benchmark's realistic views, two views still did on the airplane's wings).
     hull_values = field.values.reshape(-1)
     carved = np.flatnonzero(fused.values.reshape(-1) < hull_values)
-    masks = [image[..., 3] > 0.5 for image in images]
     fused = restore_unexplained(fused, masks, cameras, carved, hull_values[carved], min_views=3)
     hull_score = photo_inconsistency(hull, images, cameras)
     fused_score = photo_inconsistency(extract_surface(fused, process=False), images, cameras)
