@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
+import trimesh
 
 from recon.calibration import exposure_gains, refine_cameras
 from recon.camera import PinholeCamera
@@ -15,7 +16,7 @@ from recon.device import on_device
 from recon.geometry import VoxelField, extract_surface, restore_unexplained, silhouette_field
 from recon.lighting import estimate_lighting
 from recon.normal_map import bake_normal_map
-from recon.stereo import fuse_depth_maps, photo_inconsistency, sweep_depths
+from recon.stereo import DepthMap, fuse_depth_maps, photo_inconsistency, sweep_depths
 from recon.surface import clean_surface, decimate
 from recon.texture import TexturedMesh, bake_base_colour
 
@@ -30,9 +31,9 @@ class ReconstructionOptions:
     ``target_faces`` faces, coarsening the field of an object with a large surface;
     ``refine_cameras`` first corrects each view's small pose and distance error from the
     silhouettes (``recon.calibration``) and reconstructs with the corrected cameras;
-    ``exposure_compensation`` brings the views to one exposure and tint before the bake,
-    and sweeps stereo again on the compensated views when a gain is beyond
-    ``exposure_noise`` (a log gain);
+    ``exposure_compensation`` brings the views to one exposure and tint before stereo
+    (gains from the surface of a quick sweep in views ``exposure_stereo_size`` pixels
+    across, ``exposure_depth_samples`` steps per ray) and again before the bake;
     ``tolerance_px`` how far one view may disagree with the others' silhouettes; ``stereo``
     sweeps depths inside the hull (in views at most ``stereo_size`` pixels across, ``depth_samples``
     coarse steps per ray; a match is a
@@ -48,7 +49,8 @@ class ReconstructionOptions:
 
     refine_cameras: bool = True
     exposure_compensation: bool = True
-    exposure_noise: float = 0.02
+    exposure_stereo_size: int = 100
+    exposure_depth_samples: int = 12
     resolution: int = 128
     surface_faces_per_target: float = 4.0
     tolerance_px: float = 3.0
@@ -123,27 +125,33 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
     field = silhouette_field(masks, cameras, options.resolution, options.tolerance_px,
                              round(options.surface_faces_per_target * options.target_faces))
     phase("silhouette field")
-    hull_field = field
+    gains = np.ones((len(images), 3))
     if options.stereo:
-        field, details["stereo"] = _carve(hull_field, images, masks, cameras, options)
+        hull = extract_surface(field, process=False)
+        if options.exposure_compensation:
+            # Stereo reads the views' exposure differences (a few per cent in generated
+            # views) as colour mismatches, so the views are brought to one exposure before
+            # the sweep. Gains need a surface near the object's: the hull's are biased by
+            # several per cent where it leaves the surface (a mug's cup, between legs), up to
+            # twice the differences themselves on the benchmark's realistic views. A quick
+            # coarse sweep's surface gives them to about 2 % (the residual the dense surface
+            # measures below), for about a sixth of the full sweep's time.
+            quick = _sweep(hull, field.voxel_size, images, cameras, options, options.exposure_stereo_size,
+                           options.exposure_depth_samples)
+            rough = fuse_depth_maps(field, quick, options.truncation_voxels)
+            gains = exposure_gains(extract_surface(rough, process=False), images, cameras)
+            images = _compensated(images, gains)
+            phase("exposure from a coarse sweep")
+        field, details["stereo"] = _carve(field, hull, images, masks, cameras, options)
         phase("multi-view stereo and fusion")
     dense = clean_surface(extract_surface(field))
     phase("iso-surface and clean-up")
     if options.exposure_compensation:
-        gains = exposure_gains(dense, images, cameras)
-        details["exposure_gains"] = np.round(gains, 4).tolist()
-        images = [np.dstack([image[..., :3] / gain, image[..., 3:]]) for image, gain in zip(images, gains)]
+        # what the coarse surface left for the bake, where view boundaries would show it
+        residual = exposure_gains(dense, images, cameras)
+        images = _compensated(images, residual)
+        details["exposure_gains"] = np.round(gains * residual, 4).tolist()
         phase("exposure compensation")
-        # The sweep read the views' exposure differences as colour mismatches. Gains from
-        # the dense surface are good to about a per cent (on perfect views of five of the
-        # shared meshes all came out within 2 %), while the hull's are biased by several
-        # where it leaves the surface, as in a mug's cup. So, beyond that noise, the sweep
-        # runs again on the compensated views.
-        if options.stereo and np.abs(np.log(gains)).max() > options.exposure_noise:
-            field, details["stereo"] = _carve(hull_field, images, masks, cameras, options)
-            dense = clean_surface(extract_surface(field))
-            details["stereo"]["after_exposure_compensation"] = True
-            phase("stereo again, exposure compensated")
     surface = decimate(dense, options.target_faces)
     phase("decimation")
     lighting = None
@@ -160,17 +168,28 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
     return replace(textured, details=details)
 
 
-def _carve(field: VoxelField, images: list[np.ndarray], masks: list[np.ndarray], cameras: list[PinholeCamera],
-           options: ReconstructionOptions) -> tuple[VoxelField, dict]:
-    """The hull ``field`` carved by multi-view stereo, or the hull itself when the views
+def _compensated(images: list[np.ndarray], gains: np.ndarray) -> list[np.ndarray]:
+    """The views' colours divided by their per-channel ``gains`` (V, 3), alpha kept."""
+    return [np.dstack([image[..., :3] / gain, image[..., 3:]]) for image, gain in zip(images, gains)]
+
+
+def _sweep(hull: trimesh.Trimesh, voxel_size: float, images: list[np.ndarray], cameras: list[PinholeCamera],
+           options: ReconstructionOptions, size: int, samples: int) -> list[DepthMap]:
+    """Depth maps swept through ``hull`` in views at most ``size`` pixels across,
+    ``samples`` coarse steps per ray."""
+    return sweep_depths(
+        hull, images, cameras, samples, match_threshold=options.match_threshold,
+        ambiguity=options.ambiguity_voxels * voxel_size, distinctness=options.distinctness, voxel_size=voxel_size,
+        working_size=size,
+    )
+
+
+def _carve(field: VoxelField, hull: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
+           cameras: list[PinholeCamera], options: ReconstructionOptions) -> tuple[VoxelField, dict]:
+    """The hull ``field`` (its surface ``hull``) carved by multi-view stereo, or the hull itself when the views
     agree on its colours better than on the carved surface's: stereo must never leave the
     object worse than its hull. Returns the field and the verdict."""
-    hull = extract_surface(field, process=False)
-    depth_maps = sweep_depths(
-        hull, images, cameras, options.depth_samples, match_threshold=options.match_threshold,
-        ambiguity=options.ambiguity_voxels * field.voxel_size, distinctness=options.distinctness,
-        voxel_size=field.voxel_size, working_size=options.stereo_size,
-    )
+    depth_maps = _sweep(hull, field.voxel_size, images, cameras, options, options.stereo_size, options.depth_samples)
     fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels, options.fusion_smoothing_voxels)
     # A wrong depth on a thin part (a leg one or two pixels wide, matched on the body behind
     # it), or the fusion's smoothing, empties its voxels, and then no view's ray through it
