@@ -194,7 +194,7 @@ class _CoherenceProblem:
     those points fall outside the other views' silhouette cones under corrected cameras."""
 
     def __init__(self, masks: list[np.ndarray], cameras: list[PinholeCamera], band_px: float,
-                 rays_per_view: int, device: torch.device, search_samples: int = 256) -> None:
+                 rays_per_view: int, device: torch.device, search_samples: int = 48) -> None:
         self.device = device
         as_tensor = functools.partial(torch.tensor, dtype=torch.float32, device=device)
         distances = np.stack([signed_distance(mask) for mask in masks])
@@ -215,18 +215,22 @@ class _CoherenceProblem:
         self.owner = torch.tensor(np.concatenate(owners), device=device)
         self.others = torch.arange(len(cameras), device=device)[:, None] != self.owner[None]  # V, R
         _, radius = working_volume(cameras)
-        self.search = torch.linspace(-radius, radius, search_samples, device=device)
+        self.search = torch.linspace(-1.0, 1.0, search_samples, device=device)
+        self.radius = self.reach = radius
         self.depths = torch.linalg.norm(self.positions[self.owner], dim=-1)  # the look-at point
-        self.first_search = True
 
     def find_deepest(self, omega: torch.Tensor, log_scale: torch.Tensor) -> None:
         """Move each ray's point to the sample along it that lies deepest inside the other
-        views' silhouettes: the whole working volume at first, then near the last one."""
-        offsets = self.search if self.first_search else self.search * 0.1
-        self.first_search = False
-        depths = self.depths[:, None] + offsets[None]
-        scores = self._scores(omega, log_scale, depths)
-        self.depths = depths[torch.arange(len(depths), device=self.device), scores.argmax(dim=1)]
+        views' silhouettes: across the whole working volume at first, then within a tenth
+        of it around the last point. Each search samples its stretch coarsely, then again
+        between the best sample's neighbours (as fine as one dense pass, at a tenth of it)."""
+        reach = self.reach
+        for _ in range(2):
+            depths = self.depths[:, None] + reach * self.search[None]
+            scores = self._scores(omega, log_scale, depths)
+            self.depths = depths[torch.arange(len(depths), device=self.device), scores.argmax(dim=1)]
+            reach *= float(self.search[1] - self.search[0])
+        self.reach = 0.1 * self.radius
 
     def shortfall(self, omega: torch.Tensor, log_scale: torch.Tensor, softness_px: float = 0.5) -> torch.Tensor:
         """Mean over outline rays of how far (pixels, softly) each ray's point lies outside
