@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.recon_quality import (  # noqa: E402
     PROTOCOLS, find_meshes, load_ground_truth, normalise, render_grid, view_metrics,
 )
-from stages.reconstruct import export_asset, reconstruct_views, view_matting_model  # noqa: E402
+from stages.reconstruct import export_asset, reconstruct_views  # noqa: E402
+from stages.view_matting import view_matting_model  # noqa: E402
 from stages.settings import load_settings  # noqa: E402
 
 

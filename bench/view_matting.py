@@ -40,7 +40,8 @@ from recon_quality import (  # noqa: E402
     load_ground_truth,
 )
 from stages.cutout import coarse_foreground  # noqa: E402
-from stages.reconstruct import learned_matte, to_pinhole  # noqa: E402
+from stages.reconstruct import to_pinhole  # noqa: E402
+from stages.view_matting import learned_matte  # noqa: E402
 from zero123pp import matte_view, view_cameras  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

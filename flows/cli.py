@@ -100,20 +100,30 @@ def _cutout(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from stages.image_output import check_output_place
-    from stages.reconstruct import export_asset, reconstruct_views, view_matting_model
+    from stages.view_matting import open_views, to_rgba_views, view_matting_model
 
     if not args.output.lower().endswith(".glb"):
         raise ValueError(f"-o must name a .glb file, got {args.output}")
     check_output_place(Path(args.output))
     if args.export_nerfstudio:
         check_output_place(Path(args.export_nerfstudio), folder=True)
+    views = open_views(args.views)
     u2net = None if args.colour_matte else view_matting_model(_settings(args))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # u2netp (a quarter second a view) mats the views on the second core while the
+        # reconstruction libraries import (open3d, trimesh, pymeshlab: about a second)
+        matting = pool.submit(to_rgba_views, views, u2net.model if u2net else None)
+        from stages.reconstruct import export_asset, reconstruct_views
+
+        matted = matting.result()
     asset = reconstruct_views(
         args.views, args.version, target_faces=args.target_faces, texture_size=args.texture_size,
         progress=lambda phase, seconds: print(f"{phase}: {seconds:.2f} s", file=sys.stderr),
-        nerfstudio_dir=args.export_nerfstudio, normal_map=args.normal_map, u2net=u2net.model if u2net else None,
-        delight=not args.keep_lighting,
+        nerfstudio_dir=args.export_nerfstudio, normal_map=args.normal_map, delight=not args.keep_lighting,
+        matted=matted,
     )
     paths = export_asset(asset, args.output, lods=args.lods, height=args.height)
     for path in paths:

@@ -271,7 +271,8 @@ def package_stage(asset: str, glb_key: str, engine: str, collision: bool, compre
 @task(name="reconstruct", **stage(lambda arguments: ["u2netp"]))
 def reconstruct_stage(asset: str, grid_key: str, version: str, target_faces: int, texture_size: int,
                       lods: int, height: float, normal_map: bool = False, keep_lighting: bool = False) -> dict:
-    from stages.reconstruct import reconstruct_views, view_matting_model
+    from stages.reconstruct import reconstruct_views
+    from stages.view_matting import view_matting_model
 
     target, current, started = store(), settings(), time.perf_counter()
     u2net = view_matting_model(current)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -127,6 +126,8 @@ def sam_foreground(image: Image.Image, coarse: np.ndarray, sam: Any) -> tuple[np
     Prompts: the coarse mask's bounding box and its most interior point per component.
     Returns the probability and the chosen mask's IoU with the coarse mask.
     """
+    import torch  # here, not at the top: view matting uses this module's u2netp half before torch loads
+
     rows, cols = np.nonzero(coarse)
     box = [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
     points = _interior_points(coarse)

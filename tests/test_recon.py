@@ -21,7 +21,8 @@ from recon.render import MeshRenderer, depth_condition_grid
 from recon.stereo import fill_depth_gaps, sweep_depths
 from recon.surface import clean_surface, decimate
 from recon.texture import TexturedMesh, bake_base_colour
-from stages.reconstruct import to_pinhole, to_rgba_views
+from stages.reconstruct import to_pinhole
+from stages.view_matting import to_rgba_views
 from stages.sample_input import draw_sample_blockout
 from zero123pp import Camera, join_views, split_grid, view_cameras
 

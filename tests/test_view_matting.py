@@ -10,7 +10,8 @@ from PIL import Image
 from scipy import ndimage
 
 from recon.render import MeshRenderer
-from stages.reconstruct import learned_matte, to_pinhole, to_rgba_views, view_matting_model
+from stages.reconstruct import to_pinhole
+from stages.view_matting import learned_matte, to_rgba_views, view_matting_model
 from stages.settings import load_settings
 from zero123pp import matte_view, view_cameras
 
