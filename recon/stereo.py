@@ -139,8 +139,15 @@ def sweep_depths(
             seen = sample_views(neighbour_colours, neighbour_cameras, points, np.inf)
             seen = seen.reshape(len(others), *distances.shape, 3)
             difference = ((seen - reference_colour[None, rays, None]) ** 2).sum(-1)
-            best_close = difference[close].min(axis=0) if close.any() else np.inf
-            return np.minimum(best_close, np.partition(difference, 1, axis=0)[1]) if len(others) > 1 else best_close
+            # running lowest and second lowest over the few neighbours: np.partition along
+            # so short an axis was a third of the sweep's time
+            best_close = lowest = second = np.full(distances.shape, np.inf, np.float32)
+            for view, is_close in zip(difference, close):
+                if is_close:
+                    best_close = np.minimum(best_close, view)
+                second = np.minimum(second, np.maximum(lowest, view))
+                lowest = np.minimum(lowest, view)
+            return np.minimum(best_close, second)
 
         distance = np.full(working.height * working.width, np.nan, np.float32)
         entry = np.full(working.height * working.width, np.nan, np.float32)
