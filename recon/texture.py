@@ -58,7 +58,7 @@ def _to_image(texture: np.ndarray) -> Image.Image:
 
 
 def unwrap(
-    mesh: trimesh.Trimesh, texture_size: int, padding: int = 4, max_chart_fraction: float = 0.05
+    mesh: trimesh.Trimesh, texture_size: int, padding: int = 4, max_chart_fraction: float = 0.02
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xatlas charts packed for ``texture_size`` with ``padding`` texels between them, none
     larger than ``max_chart_fraction`` of the surface: for each vertex of the unwrapped mesh
@@ -69,7 +69,11 @@ def unwrap(
     for the same texel utilisation, and baking dilates across the extra seams anyway.
     Growing and flattening a large chart costs more than in proportion to its size: on the
     smooth 20k-face cow, unbounded charts took 1.7 s and charts capped at 5 % of the surface
-    0.6 s (404 charts instead of 284, 77 % of the texels used instead of 82 %).
+    0.6 s (404 charts instead of 284, 77 % of the texels used instead of 82 %). On the
+    reconstructed cow, duck and gear, a cap of 2 % takes another 0.22 to 0.25 s off (0.52
+    against 0.74 s on the cow, for 1040 charts instead of 975 and 80.4 % of the texels used
+    instead of 81.4 %), and the held-out PSNR of four perfect-view meshes moved by at most
+    0.08 dB.
     """
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.uint32))
