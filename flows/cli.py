@@ -103,7 +103,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from stages.image_output import check_output_place
-    from stages.view_matting import open_views, to_rgba_views, view_matting_model
+    from stages.view_matting import open_views, to_rgba_views, view_matting_session
 
     if not args.output.lower().endswith(".glb"):
         raise ValueError(f"-o must name a .glb file, got {args.output}")
@@ -111,11 +111,11 @@ def _reconstruct(args: argparse.Namespace) -> None:
     if args.export_nerfstudio:
         check_output_place(Path(args.export_nerfstudio), folder=True)
     views = open_views(args.views)
-    u2net = None if args.colour_matte else view_matting_model(_settings(args))
+    u2net = None if args.colour_matte else view_matting_session(_settings(args))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # u2netp (a quarter second a view) mats the views on the second core while the
-        # reconstruction libraries import (open3d, trimesh, pymeshlab: about a second)
-        matting = pool.submit(to_rgba_views, views, u2net.model if u2net else None)
+        # u2netp (a quarter second a view) mats the views on the second core while torch
+        # and the reconstruction libraries import (about two seconds)
+        matting = pool.submit(to_rgba_views, views, u2net)
         from stages.reconstruct import export_asset, reconstruct_views
 
         matted = matting.result()

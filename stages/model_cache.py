@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from stages.registry import ModelSpec, ResolvedModel, model_spec, resolve
+from stages.registry import ModelSpec, ResolvedModel, model_spec, open_onnx, resolve
 from stages.runtime import resolve_device, resolve_dtype
 from stages.settings import MemoryPolicy, Settings
 
@@ -182,11 +182,7 @@ def load_model(resolved: ResolvedModel, dtype: torch.dtype, *extra: ResolvedMode
 
         return load_controlnet(path, torch_dtype=dtype)
     if spec.kind == "onnx":
-        import onnxruntime
-
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in onnxruntime.get_available_providers()]
-        return onnxruntime.InferenceSession(str(path), providers=providers)
+        return open_onnx(path)
     raise ValueError(f"{spec.name}: no loader for models of kind {spec.kind!r}")
 
 

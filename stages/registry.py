@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from stages.settings import Settings
 
@@ -187,6 +187,16 @@ def resolve(spec: ModelSpec, download: bool = True) -> ResolvedModel:
         return ResolvedModel(spec, base.path, revision=_revision_of(folder), weights=weights)
     folder = _resolve_folder(spec, spec.source, _hub_patterns(spec), download)
     return ResolvedModel(spec, folder, revision=_revision_of(folder))
+
+
+def open_onnx(path: Path) -> Any:
+    """An onnxruntime session of the ONNX model file at ``path``, on CUDA where onnxruntime
+    has it. Needs no torch, so a process can run the model while torch still imports."""
+    import onnxruntime
+
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in onnxruntime.get_available_providers()]
+    return onnxruntime.InferenceSession(str(path), providers=providers)
 
 
 def _hub_patterns(spec: ModelSpec) -> list[str]:

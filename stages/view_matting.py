@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from stages.cutout import coarse_foreground
 from stages.image_input import open_image
+from stages.registry import model_spec, open_onnx, resolve
 from zero123pp import matte_view, split_grid
 from zero123pp.views import NUM_VIEWS, estimate_background, matte_threshold
 
@@ -127,12 +128,25 @@ def _edge_contrast(solid: np.ndarray, contrast: np.ndarray) -> np.ndarray:
 
 
 def view_matting_model(settings: Settings) -> LoadedModel | None:
-    """u2netp for :func:`learned_matte` when it is on this machine, else ``None``: the views
-    are then matted by colour alone, and a warning says how to fetch it."""
+    """u2netp for :func:`learned_matte` from the process's model cache (loaded once, with
+    its lineage), or ``None`` when it is not on this machine (:func:`_or_colour_alone`)."""
     from stages.model_cache import get_model
 
+    return _or_colour_alone(lambda: get_model("u2netp", settings))
+
+
+def view_matting_session(settings: Settings) -> Any | None:
+    """u2netp's onnxruntime session opened straight from its file, or ``None`` as above:
+    no model cache and so no torch, for a one-shot process (the CLI) that mats the views
+    while torch and the reconstruction libraries import."""
+    return _or_colour_alone(lambda: open_onnx(resolve(model_spec("u2netp", settings)).path))
+
+
+def _or_colour_alone(load: Callable[[], Any]) -> Any | None:
+    """What ``load`` returns, or ``None`` when the model is missing: the views are then
+    matted by colour alone, and a warning says how to fetch it."""
     try:
-        return get_model("u2netp", settings)
+        return load()
     except ValueError as error:
         logger.warning("views are matted by colour alone, so background-coloured parts of the object "
                        "may be lost: %s", error)

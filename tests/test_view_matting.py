@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trimesh
@@ -11,7 +16,7 @@ from scipy import ndimage
 
 from recon.render import MeshRenderer
 from stages.reconstruct import to_pinhole
-from stages.view_matting import learned_matte, to_rgba_views, view_matting_model
+from stages.view_matting import learned_matte, to_rgba_views, view_matting_model, view_matting_session
 from stages.settings import load_settings
 from zero123pp import matte_view, view_cameras
 
@@ -93,5 +98,22 @@ def test_to_rgba_views_mats_with_u2netp_when_given(u2netp, grey_ring):
 
 def test_without_u2netp_reconstruction_mats_by_colour_and_says_how_to_fetch_it(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TEXT_TO_3D_MODEL_CACHE_DIR", str(tmp_path))
-    assert view_matting_model(load_settings()) is None
-    assert "matted by colour alone" in caplog.text and "models fetch u2netp" in caplog.text
+    for load in (view_matting_model, view_matting_session):  # through the model cache, and straight (the CLI)
+        caplog.clear()
+        assert load(load_settings()) is None
+        assert "matted by colour alone" in caplog.text and "models fetch u2netp" in caplog.text
+
+
+def test_the_cli_opens_u2netp_without_importing_torch(u2netp_file, tmp_path):
+    """The CLI mats the views on a thread while torch imports, so the matting half must not
+    import it (a fresh interpreter runs the check: in this one torch is long imported)."""
+    (tmp_path / "u2netp.onnx").symlink_to(u2netp_file)
+    probe = ("import sys; from stages.settings import load_settings; "
+             "from stages.view_matting import to_rgba_views, view_matting_session; "
+             "session = view_matting_session(load_settings()); assert session is not None; "
+             "print(sorted(m for m in ('torch', 'open3d', 'trimesh', 'pymeshlab') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "TEXT_TO_3D_MODEL_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stderr
