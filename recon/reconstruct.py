@@ -138,9 +138,7 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
             # measures below), for about a sixth of the full sweep's time.
             quick = _sweep(hull, field.voxel_size, images, cameras, options, options.exposure_stereo_size,
                            options.exposure_depth_samples)
-            # fused at half the resolution, as coarse as the sweep: an eighth of the voxels
-            half = VoxelField(field.values[::2, ::2, ::2] / 2, field.origin, 2 * field.voxel_size)
-            rough = fuse_depth_maps(half, quick, options.truncation_voxels / 2)
+            rough = fuse_depth_maps(field, quick, options.truncation_voxels)
             gains = exposure_gains(extract_surface(rough, process=False), images, cameras)
             images = _compensated(images, gains)
             phase("exposure from a coarse sweep")
