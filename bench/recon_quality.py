@@ -137,8 +137,15 @@ def appearance(result: RenderResult, camera: PinholeCamera, shaded: bool) -> np.
 
 def render_grid(mesh: trimesh.Trimesh, protocol: str, rng: np.random.Generator) -> Image.Image:
     """The six-view grid of ``mesh`` under ``protocol`` (the module docstring)."""
+    return render_views(mesh, protocol, rng)[0]
+
+
+def render_views(mesh: trimesh.Trimesh, protocol: str,
+                 rng: np.random.Generator) -> tuple[Image.Image, list[PinholeCamera]]:
+    """The six-view grid of ``mesh`` under ``protocol`` and the cameras it was rendered
+    from (the nominal ones for ``perfect``)."""
     renderer = MeshRenderer(mesh)
-    views = []
+    views, cameras = [], []
     for camera in view_cameras("v1.2"):
         realistic = protocol == "realistic"
         if realistic:
@@ -147,13 +154,14 @@ def render_grid(mesh: trimesh.Trimesh, protocol: str, rng: np.random.Generator) 
                              elevation_deg=camera.elevation_deg + elevation,
                              distance=camera.distance * (1 + rng.uniform(-DISTANCE_ERROR, DISTANCE_ERROR)))
         pinhole = to_pinhole(camera)
+        cameras.append(pinhole)
         image = appearance(renderer.render(pinhole), pinhole, shaded=realistic)
         if realistic:
             image = image * (1 + rng.uniform(-GAIN_ERROR, GAIN_ERROR, 3))
             image = gaussian_filter(image, sigma=(BLUR_SIGMA_PX, BLUR_SIGMA_PX, 0))
             image = image + rng.normal(0.0, NOISE_SIGMA, image.shape)
         views.append(Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)))
-    return join_views(views)
+    return join_views(views), cameras
 
 
 def normalise(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
