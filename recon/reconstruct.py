@@ -135,8 +135,8 @@ def _reconstruct(images: list[np.ndarray], cameras: list[PinholeCamera], options
             # the sweep. Gains need a surface near the object's: the hull's are biased by
             # several per cent where it leaves the surface (a mug's cup, between legs), up to
             # twice the differences themselves on the benchmark's realistic views. A quick
-            # coarse sweep's surface gives them to about 2 % (the residual the dense surface
-            # measures below), for about a sixth of the full sweep's time.
+            # coarse sweep's surface gives them to within 2.6 % (the residual the dense
+            # surface measures below), for about a third of the full sweep's time.
             quick = _sweep(hull, field.voxel_size, images, cameras, options, options.exposure_stereo_size,
                            options.exposure_depth_samples)
             rough = fuse_depth_maps(field, quick, options.truncation_voxels)
@@ -192,9 +192,9 @@ def _sweep(hull: trimesh.Trimesh, voxel_size: float, images: list[np.ndarray], c
 
 def _carve(field: VoxelField, hull: trimesh.Trimesh, images: list[np.ndarray], masks: list[np.ndarray],
            cameras: list[PinholeCamera], options: ReconstructionOptions) -> tuple[VoxelField, dict]:
-    """The hull ``field`` (its surface ``hull``) carved by multi-view stereo, or the hull itself when the views
-    agree on its colours better than on the carved surface's: stereo must never leave the
-    object worse than its hull. Returns the field and the verdict."""
+    """The hull ``field`` (its surface ``hull``) carved by multi-view stereo, or the hull
+    itself when the views agree on its colours better than on the carved surface's: stereo
+    must never leave the object worse than its hull. Returns the field and the verdict."""
     depth_maps = _sweep(hull, field.voxel_size, images, cameras, options, options.stereo_size, options.depth_samples)
     fused = fuse_depth_maps(field, depth_maps, options.truncation_voxels, options.fusion_smoothing_voxels)
     # A wrong depth on a thin part (a leg one or two pixels wide, matched on the body behind
