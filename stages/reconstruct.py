@@ -53,7 +53,7 @@ def reconstruct_views(
 
     ``nerfstudio_dir`` also writes the matted views, masks and cameras in nerfstudio's format;
     ``normal_map`` also bakes a tangent-space normal map from the dense surface; ``u2net``
-    (an onnxruntime session of u2netp, see :func:`stages.view_matting.view_matting_model`) mats the views by
+    (an onnxruntime session of u2netp, see :mod:`stages.view_matting`) mats the views by
     colour and u2netp together, ``None`` by colour alone. ``device`` runs reconstruction's
     torch work (the settings' device, read as every stage reads it). ``delight=False`` keeps
     the views' lighting in the base colour instead of dividing it out. ``matted`` are the
