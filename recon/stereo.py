@@ -18,8 +18,8 @@ same surface colour wherever they see the same point. So:
    Levoy, 1996): each view votes that voxels in front of its surface are empty and those
    just behind it are full (a vote fading out deeper behind), and the votes are averaged
    by weight. Voxels no view votes on (deep inside, or behind every surface seen) keep
-   the hull's verdict, and nothing outside the hull is ever added, so a wrong depth can
-   only dent the shape where the other views do not outvote it.
+   the hull's verdict, and nothing more than half a voxel outside the hull is ever added,
+   so a wrong depth can only dent the shape where the other views do not outvote it.
 
 Written by hand: no library here sweeps depths against calibrated images, and open3d's
 TSDF integration cannot start from the hull or leave unseen voxels to it.
@@ -240,11 +240,20 @@ def _foreground_blur(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_voxels: float = 4.0,
-                    smoothing_voxels: float = 0.0) -> VoxelField:
+                    smoothing_voxels: float = 0.0, hull_slack_voxels: float = 0.5) -> VoxelField:
     """The hull ``field`` cut by the depth maps' truncated signed distances (both in
-    voxels, positive inside), what they carved smoothed by a Gaussian of ``smoothing_voxels``."""
+    voxels, positive inside), what they carved smoothed by a Gaussian of ``smoothing_voxels``.
+
+    The hull bounds the fused surface only to within ``hull_slack_voxels``: where the hull
+    lies within the depths' own noise of the surface (much of a sphere's), a hard bound
+    cuts off every vote that errs outward and keeps every one that errs inward, so the
+    surface sits inside the object (by 0.10 voxels for noisy depths of a sphere whose hull
+    is its own surface; 0.002 with half a voxel of slack). Half a voxel, the field's own
+    resolution, never lets the surface grow further beyond the hull. On the perfect
+    globe's views the Chamfer distance went from 0.0055, over its naive hull's 0.0054, to
+    0.0052; the thirteen meshes' means moved by less than 0.0001."""
     hull = field.values
-    candidates = hull > -1.0  # the fused surface never leaves the hull
+    candidates = hull > -1.0  # the fused surface never leaves the hull by more than its slack
     points = field.centres()[candidates]
     truncation = truncation_voxels * field.voxel_size
     total = np.zeros(len(points), np.float32)
@@ -274,8 +283,9 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
         total += weight * np.clip(in_front, -truncation, truncation)
         votes += weight
     fused = np.divide(-total, votes * field.voxel_size, out=np.full_like(total, np.inf), where=votes > 0)
+    bound = hull + hull_slack_voxels
     values = hull.copy()
-    values[candidates] = np.minimum(hull[candidates], fused)
+    values[candidates] = np.where(votes > 0, np.minimum(bound[candidates], fused), hull[candidates])
     # Space the depths emptied but that no view can see into, a cavity sealed inside the
     # object, is a wrong depth whose mouth the other views' votes closed again (a repeating
     # texture matched deep on a ball): the views say nothing against the hull there.
@@ -285,10 +295,10 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
         # Each voxel's votes carry their depth maps' pixel noise, so the carved surface is
         # rough at the voxel scale, worst where the colour is plain (a yellow duck under
         # blurred, noisy views was bumpy all over, twice its hull's error away from the
-        # truth). Only carved voxels are smoothed, and never beyond the hull; the thin parts
+        # truth). Only carved voxels are smoothed, and never beyond the bound; the thin parts
         # this erodes come back in ``recon.reconstruct`` with the silhouettes.
         carved = values < hull
-        values = np.where(carved, np.minimum(ndimage.gaussian_filter(values, smoothing_voxels), hull), values)
+        values = np.where(carved, np.minimum(ndimage.gaussian_filter(values, smoothing_voxels), bound), values)
     return VoxelField(values.astype(np.float32), field.origin, field.voxel_size)
 
 
