@@ -138,7 +138,7 @@ def sample_views(maps: np.ndarray, cameras: list[PinholeCamera], points: np.ndar
 def surface_depths(surface: trimesh.Trimesh, cameras: list[PinholeCamera]) -> np.ndarray:
     """Ray-cast depth (along each view axis, 0 where missed) of ``surface`` in every view, (V, H, W)."""
     renderer = MeshRenderer(surface)
-    return np.stack([renderer.render(camera).depth for camera in cameras])
+    return np.stack([renderer.depth(camera) for camera in cameras])
 
 
 def covisible_colours(

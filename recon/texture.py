@@ -135,7 +135,7 @@ def bake_base_colour(
     # per view: the surface's depth (for visibility), the distance to the silhouette edge
     # and the colour, sampled at every texel's point in one call
     maps = np.stack([
-        np.dstack([renderer.render(camera).depth, np.clip(signed_distance(image[..., 3] > 0.5), 0, None), image[..., :3]])
+        np.dstack([renderer.depth(camera), np.clip(signed_distance(image[..., 3] > 0.5), 0, None), image[..., :3]])
         for image, camera in zip(images, cameras)
     ])
     samples = sample_views(maps, cameras, points, 0.0)
