@@ -52,6 +52,9 @@ class MeshRenderer:
         self.scene.add_triangles(
             o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)), o3d.core.Tensor(np.asarray(mesh.faces, np.uint32))
         )
+        # open3d builds the scene's ray structure on its first query, unguarded; one ray now
+        # builds it here, so threads may share the renderer
+        self.scene.cast_rays(o3d.core.Tensor(np.array([[0, 0, 0, 0, 0, 1]], np.float32)))
         visual = mesh.visual
         self.texture = None
         if isinstance(visual, trimesh.visual.TextureVisuals) and visual.uv is not None:
