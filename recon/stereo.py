@@ -233,7 +233,7 @@ def fill_depth_gaps(distance: np.ndarray, swept: np.ndarray, window: int = 5) ->
     pad = window // 2
     windows = sliding_window_view(np.pad(distance, pad, constant_values=np.nan), (window, window))
     rows, columns = np.nonzero(swept & np.isnan(distance))
-    neighbourhoods = windows[rows, columns].reshape(len(rows), -1)
+    neighbourhoods = windows[rows, columns].reshape(len(rows), window * window)
     fillable = np.isfinite(neighbourhoods).sum(axis=1) * 2 >= window * window
     filled = distance.copy()
     filled[rows[fillable], columns[fillable]] = np.nanmedian(neighbourhoods[fillable], axis=1)

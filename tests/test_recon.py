@@ -253,6 +253,14 @@ def test_an_isolated_pixel_without_depth_takes_its_neighbours_median_and_a_large
     assert np.isnan(filled[15, 15]) and np.isnan(filled[:, :2]).all()
 
 
+def test_a_depth_map_without_gaps_is_left_as_it_is():
+    """A box's hull is the box, so stereo matches every pixel: nothing to fill (this raised
+    on reshaping an empty selection, and every box-shaped asset failed)."""
+    distance = np.tile(np.linspace(3.0, 4.0, 20, dtype=np.float32), (20, 1))
+    swept = np.ones_like(distance, bool)
+    np.testing.assert_array_equal(fill_depth_gaps(distance, swept), distance)
+
+
 # ------------------------------------------------------------- decimation/LODs
 
 
