@@ -259,10 +259,10 @@ def fuse_depth_maps(field: VoxelField, depth_maps: list[DepthMap], truncation_vo
     lies within the depths' own noise of the surface (much of a sphere's), a hard bound
     cuts off every vote that errs outward and keeps every one that errs inward, so the
     surface sits inside the object (by 0.10 voxels for noisy depths of a sphere whose hull
-    is its own surface; 0.002 with half a voxel of slack). Half a voxel, the field's own
-    resolution, never lets the surface grow further beyond the hull. On the perfect
-    globe's views the Chamfer distance went from 0.0055, over its naive hull's 0.0054, to
-    0.0052; the thirteen meshes' means moved by less than 0.0001."""
+    is its own surface; 0.002 with half a voxel of slack), and the surface still never
+    grows further than that, under the field's own resolution, beyond the hull. On the
+    perfect globe's views the Chamfer distance went from 0.0055, over its naive hull's
+    0.0054, to 0.0052; the thirteen meshes' means moved by at most 0.0001."""
     hull = field.values
     candidates = hull > -1.0  # the fused surface never leaves the hull by more than its slack
     points = field.centres()[candidates]
