@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 from scipy.spatial.transform import Rotation
@@ -155,6 +156,22 @@ def test_view_sampling_runs_on_the_chosen_device_and_restores_the_callers():
         assert device == resolve_device("auto") and current_device() == device
         np.testing.assert_allclose(sample_views(maps, cameras, points, 0.0), on_cpu, atol=1e-5)
     assert current_device() == torch.device("cpu")
+
+
+def test_the_sweeps_threads_sample_on_the_callers_device():
+    """The views are swept on worker threads, which must take the device the caller chose:
+    on torch's data-less "meta" device the first sample cannot be copied back, so a sweep
+    that ran there raises, and one that fell back to the CPU would not."""
+    from recon.stereo import sweep_depths
+
+    ball = patterned_ball()
+    cameras = [to_pinhole(camera) for camera in view_cameras("v1.2", 64)]
+    renderer = MeshRenderer(ball)
+    images = [np.dstack([r.albedo, r.mask.astype(np.float32)]) for r in map(renderer.render, cameras)]
+    hull = trimesh.creation.icosphere(subdivisions=3, radius=0.85)
+    sweep_depths(hull, images, cameras, samples=8)  # runs on the CPU
+    with on_device("meta"), pytest.raises(NotImplementedError):
+        sweep_depths(hull, images, cameras, samples=8)
 
 
 # ------------------------------------------------------------------ exposure before stereo
