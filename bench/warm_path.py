@@ -163,7 +163,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="consecutive mesh-to-3d deployment runs")
     parser.add_argument("--batch-rows", type=int, default=0, help="rows of the batch run (0: no batch)")
     parser.add_argument("--batch-concurrency", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--warm", action="store_true", help="serve --warm: stages on a long-lived Dask worker")
+    parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=False,
+                        help="serve's warm pool (its default): stages on a long-lived Dask worker; "
+                             "off here unless asked, so runs compare with earlier cold figures")
     parser.add_argument("--serve-log", type=Path, help="keep serve's log (server, worker, flow runs) here")
     args = parser.parse_args()
 
@@ -180,7 +182,8 @@ def main() -> None:
             os.environ.update({key: env[key] for key in ("PREFECT_API_URL", "PREFECT_HOME")})
             cli = shutil.which("text-to-3d", path=str(Path(sys.executable).parent))
             log = args.serve_log or work / "serve.log"
-            server = subprocess.Popen([cli, "serve", "--port", str(port), "--gpus", "1", *(["--warm"] if args.warm else [])], env=env, cwd=ROOT,
+            server = subprocess.Popen([cli, "serve", "--port", str(port), "--gpus", "1",
+                                       "--warm" if args.warm else "--no-warm"], env=env, cwd=ROOT,
                                       stdout=log.open("w"), stderr=subprocess.STDOUT)
             try:
                 report["deployment_runs"] = deployment_runs(env, mesh, image, args.runs, work / "store", server)

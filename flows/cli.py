@@ -431,8 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-url", help="use this Prefect server instead of starting one")
     serve.add_argument("--port", type=int, default=4200)
     serve.add_argument("--gpus", type=_bounded(int, check_positive), help="GPU stages at once (default: CUDA devices, at least 1)")
-    serve.add_argument("--warm", action="store_true",
-                       help="run every flow run's stages on one long-lived local Dask worker: models stay loaded")
+    serve.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
+                       help="run every flow run's stages on one long-lived local Dask worker, so models stay "
+                            "loaded between flow runs (default); --no-warm: each flow run's own process")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="offline mesh-to-3d flow on tiny models and built-in inputs")

@@ -4,8 +4,9 @@ Starts a local Prefect server (unless ``--api-url`` names one), creates the ``gp
 work pool and the ``gpu`` tag concurrency limit (one GPU stage at a time per GPU),
 registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
 ``prefect deployment run text-to-3d/default --param prompt="..."`` works from any shell.
-With ``warm=True`` (``serve --warm``) the stages of every flow run go to one long-lived local
-Dask worker, so their imports and loaded models outlive each flow run's own process.
+By default (``warm=True``; ``serve --no-warm`` turns it off) the stages of every flow run go
+to one long-lived local Dask worker, so their imports and loaded models outlive each flow
+run's own process.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def worker_environment(env: dict[str, str]) -> dict[str, str]:
 
 
 def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = None,
-          config: str | None = None, warm: bool = False) -> int:
+          config: str | None = None, warm: bool = True) -> int:
     """Run server (optional), pool, limit, deployments and a worker; returns the worker's exit code."""
     env = {**os.environ, "TEXT_TO_3D_HOME": str(REPOSITORY)}
     if config:

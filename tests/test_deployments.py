@@ -149,6 +149,15 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
         print(output[-3000:])
 
 
+def test_serve_starts_the_warm_pool_unless_told_not_to():
+    """The test above runs its deployment through serve's default: the stages on its
+    long-lived Dask worker, where models stay loaded between flow runs."""
+    from flows.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).warm is True
+    assert build_parser().parse_args(["serve", "--no-warm"]).warm is False
+
+
 def test_serve_polls_for_flow_runs_every_second_unless_the_environment_says_otherwise():
     from flows.serve import worker_environment
 
