@@ -74,11 +74,10 @@ class MeshRenderer:
 
     def depth(self, camera: PinholeCamera) -> np.ndarray:
         """Depth along the view axis of each pixel's first hit, 0 where its ray misses: what
-        visibility tests need, at about half of :meth:`render`'s cost (no colour, normals or
-        face ids are gathered)."""
+        visibility tests need, without :meth:`render`'s colours and normals (six 320 px
+        views of an 82k-face sphere: 0.10 s against 0.12 s)."""
         origins, directions = camera.rays()
-        rays = np.concatenate([origins, directions], axis=-1).astype(np.float32)
-        distance = self.scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        distance = self.cast(origins, directions)["t_hit"]
         return (np.where(np.isfinite(distance), distance, 0.0) * (directions @ camera.view_axis())).astype(np.float32)
 
     def render(self, camera: PinholeCamera) -> RenderResult:

@@ -92,9 +92,9 @@ def learned_matte(view: Image.Image, u2net: Any) -> Image.Image:
     matte = np.array(matte_view(view, background))
     contrast = np.abs(rgb.astype(np.float32) - background).max(axis=2)
     _, threshold = matte_threshold(contrast)
-    faint = (matte[..., 3] >= 128) & (contrast <= threshold)
-    edge_contrast = _edge_contrast(matte[..., 3] >= 128, contrast)
     solid = matte[..., 3] >= 128
+    faint = solid & (contrast <= threshold)
+    edge_contrast = _edge_contrast(solid, contrast)
     if not faint.any() and (edge_contrast[~solid] >= CRISP_EDGE).all() and not ndimage.binary_fill_holes(solid)[~solid].any():
         # Crisp edges all round and nothing enclosed: u2netp could change no pixel (below),
         # so its 0.25 s per tile is saved.
