@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     # The temporary server of an in-process run: no usage telemetry from a studio's machine
     # (its heartbeat also races the run for SQLite's write lock and logs tracebacks).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its first start creates and migrates the database: 20 s and more on a slow 2-core
+    # machine, where Prefect's default wait of 20 s made `make run` fail on a fresh checkout.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose and args.command not in ("reconstruct", "package"):  # neither needs them: skip 2 s of imports
         with _collector_paused():
