@@ -163,9 +163,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="consecutive mesh-to-3d deployment runs")
     parser.add_argument("--batch-rows", type=int, default=0, help="rows of the batch run (0: no batch)")
     parser.add_argument("--batch-concurrency", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=False,
-                        help="serve's warm pool (its default): stages on a long-lived Dask worker; "
-                             "off here unless asked, so runs compare with earlier cold figures")
+    parser.add_argument("--warm", choices=["resident", "dask", "off"], default="off",
+                        help="serve's --warm: resident (serve's default) runs flow runs inside one long-lived "
+                             "worker process, dask sends their stages to a long-lived Dask worker; off here "
+                             "unless asked, so runs compare with earlier cold figures")
     parser.add_argument("--serve-log", type=Path, help="keep serve's log (server, worker, flow runs) here")
     args = parser.parse_args()
 
@@ -183,7 +184,7 @@ def main() -> None:
             cli = shutil.which("text-to-3d", path=str(Path(sys.executable).parent))
             log = args.serve_log or work / "serve.log"
             server = subprocess.Popen([cli, "serve", "--port", str(port), "--gpus", "1",
-                                       "--warm" if args.warm else "--no-warm"], env=env, cwd=ROOT,
+                                       "--warm", args.warm], env=env, cwd=ROOT,
                                       stdout=log.open("w"), stderr=subprocess.STDOUT)
             try:
                 report["deployment_runs"] = deployment_runs(env, mesh, image, args.runs, work / "store", server)

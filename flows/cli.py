@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from flows.serve import WARM_MODES
 from stages.bounds import (check_faces, check_height, check_image_size, check_lods, check_positive, check_steps,
                            check_texture_size)
 
@@ -431,9 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-url", help="use this Prefect server instead of starting one")
     serve.add_argument("--port", type=int, default=4200)
     serve.add_argument("--gpus", type=_bounded(int, check_positive), help="GPU stages at once (default: CUDA devices, at least 1)")
-    serve.add_argument("--warm", action=argparse.BooleanOptionalAction, default=True,
-                       help="run every flow run's stages on one long-lived local Dask worker, so models stay "
-                            "loaded between flow runs (default); --no-warm: each flow run's own process")
+    serve.add_argument("--warm", choices=WARM_MODES, default="resident",
+                       help="resident (default): flow runs execute inside one long-lived worker process, so "
+                            "models stay loaded between them; dask: a process per flow run, its stages on one "
+                            "long-lived local Dask worker; off: everything in each flow run's own process")
     serve.set_defaults(handler=_serve)
 
     demo = commands.add_parser("demo", help="offline mesh-to-3d flow on tiny models and built-in inputs")

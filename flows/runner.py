@@ -11,10 +11,12 @@ itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import task
 from prefect.futures import PrefectFuture, as_completed
@@ -90,6 +92,27 @@ def gpu_resources(submitted_task: Any) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _as_submitted(submitted_task: Any) -> Any:
+    """The task as this process submits it: without its 'gpu' tag where the process limits
+    GPU stages itself (``gpu_slots`` in the settings: ``serve``'s resident worker, see
+    ``flows.tasks.gpu_slot``). A tagged task asks the Prefect server for a slot, which is a
+    database write even when no 'gpu' limit exists; on the local SQLite server it collided
+    with the server's other writes ("database is locked"), and the client's retry waited
+    about 2 s, on one or two GPU stages of most measured runs."""
+    from flows.tasks import settings
+
+    if "gpu" not in submitted_task.tags or settings().gpu_slots is None:
+        return submitted_task
+    return _untagged(submitted_task)
+
+
+@functools.cache
+def _untagged(submitted_task: Any) -> Any:
+    copy = submitted_task.with_options()  # with_options(tags=set()) keeps the tags: empty is "unset"
+    copy.tags = set(submitted_task.tags) - {"gpu"}
+    return copy
+
+
 def _gpus_declared() -> bool:
     """Annotate only where workers have GPUs to give: an external cluster (its workers are
     started with GPU resources) or a local one on a CUDA machine."""
@@ -130,9 +153,38 @@ def _stages_run_here() -> bool:
     return context is None or isinstance(context.task_runner, ThreadPoolTaskRunner)
 
 
+class FlowRunStopped(Exception):
+    """The flow run was cancelled while it ran in a process it shares (``stop_flow_run``)."""
+
+
+_stopping: set[UUID] = set()
+
+
+def stop_flow_run(flow_run_id: UUID) -> None:
+    """Ask a flow run executing in this process to stop once its running stages end: a
+    thread cannot be killed, so its flow checks before starting each stage. Used by
+    ``flows.resident_worker`` for a cancelled flow run; its finished stages stay stored,
+    and a rerun resumes from them."""
+    _stopping.add(flow_run_id)
+
+
+def forget_stop(flow_run_id: UUID) -> None:
+    """Drop a ``stop_flow_run`` request once its flow run has ended."""
+    _stopping.discard(flow_run_id)
+
+
+def _raise_if_stopping() -> None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None and context.flow_run.id in _stopping:
+        raise FlowRunStopped("cancelled: stopped before its next stage")
+
+
 def run_jobs(jobs: list[Job], concurrency: int = 4) -> list[Outcome]:
     """Run every job's plan to its manifest, stage name by stage name; never raises for
-    one job's failure (its outcome says what failed and why)."""
+    one job's failure (its outcome says what failed and why), only for the flow run's
+    cancellation (``stop_flow_run``)."""
     if _stages_run_here():
         _import_native_libraries_on_this_thread()
     outcomes: dict[str, Outcome] = {}
@@ -147,10 +199,11 @@ def run_jobs(jobs: list[Job], concurrency: int = 4) -> list[Outcome]:
         # finishes, not when the slowest of a wave of ``concurrency`` does.
         while queue or running:
             while queue and len(running) < concurrency:
+                _raise_if_stopping()
                 asset = queue.pop(0)
                 submitted_task, arguments = waiting[asset][1]
                 with gpu_resources(submitted_task):
-                    running[asset] = submitted_task.submit(**arguments)
+                    running[asset] = _as_submitted(submitted_task).submit(**arguments)
             finished = next(as_completed(list(running.values())))
             finished.wait()  # done, but its state is only brought up to date by a wait
             asset = next(name for name, future in running.items() if future is finished)

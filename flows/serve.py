@@ -1,12 +1,14 @@
 """``text-to-3d serve``: everything a local run needs, in one command.
 
 Starts a local Prefect server (unless ``--api-url`` names one), creates the ``gpu`` process
-work pool and the ``gpu`` tag concurrency limit (one GPU stage at a time per GPU),
-registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
+work pool, limits GPU stages to one at a time per GPU (in the resident worker's process, or
+else with the ``gpu`` tag concurrency limit), registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
 ``prefect deployment run text-to-3d/default --param prompt="..."`` works from any shell.
-By default (``warm=True``; ``serve --no-warm`` turns it off) the stages of every flow run go
-to one long-lived local Dask worker, so their imports and loaded models outlive each flow
-run's own process.
+By default (``warm="resident"``) the worker is ``flows.resident_worker``: every flow run
+executes inside its one long-lived process, so no flow run starts a Python of its own, and
+imports and loaded models outlive every flow run. ``warm="dask"`` keeps Prefect's process
+worker (a fresh process per flow run) and sends the stages to one long-lived local Dask
+worker; ``warm="off"`` runs everything in each flow run's own process.
 """
 
 from __future__ import annotations
@@ -78,14 +80,29 @@ def _start_warm_pool(env: dict[str, str], gpu_slots: int, children: list[subproc
     return address
 
 
+def deployment_environment() -> dict[str, str]:
+    """The environment ``prefect.yaml`` gives its deployments' flow runs (``job_variables``).
+    A process worker sets it in each flow run's process; the resident worker, whose process
+    every flow run shares, gets it once when it starts."""
+    import yaml
+
+    definitions = yaml.safe_load((REPOSITORY / "prefect.yaml").read_text())["definitions"]
+    return {key: str(value) for key, value in definitions["gpu_pool"]["job_variables"]["env"].items()}
+
+
 def worker_environment(env: dict[str, str]) -> dict[str, str]:
     """The worker's environment: ``env`` over serve's latency-minded worker defaults."""
     return {**WORKER_DEFAULTS, **env}
 
 
+WARM_MODES = ("resident", "dask", "off")
+
+
 def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = None,
-          config: str | None = None, warm: bool = True) -> int:
+          config: str | None = None, warm: str = "resident") -> int:
     """Run server (optional), pool, limit, deployments and a worker; returns the worker's exit code."""
+    if warm not in WARM_MODES:
+        raise ValueError(f"warm must be one of {', '.join(WARM_MODES)}, got {warm!r}")
     env = {**os.environ, "TEXT_TO_3D_HOME": str(REPOSITORY)}
     if config:
         env["TEXT_TO_3D_CONFIG"] = str(Path(config).resolve())
@@ -110,7 +127,8 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
     # child the interrupted ``wait()`` holds, a deadlock.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        if api_url is None:
+        own_server = api_url is None
+        if own_server:
             api_url = f"http://127.0.0.1:{port}/api"
             # `prefect server start --port` moves only the API: the UI it serves asks the API
             # at PREFECT_UI_API_URL (a proxy's address, when set), else at PREFECT_API_URL,
@@ -120,21 +138,36 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
         _wait_healthy(api_url)
         env["PREFECT_API_URL"] = api_url
         gpu_slots = gpu_slots or _gpu_slots()
-        if warm:
+        if warm == "dask":
             env["TEXT_TO_3D_TASK_RUNNER"] = "dask"
             env["TEXT_TO_3D_TASK_RUNNER_ADDRESS"] = _start_warm_pool(env, gpu_slots, children)
         prefect = _prefect()
+        if warm == "resident":
+            # every flow run's stages share the worker's process, which limits its GPU stages
+            # itself (flows.tasks.gpu_slot); a server-side 'gpu' limit would only add database
+            # round trips to each GPU stage. One an earlier serve left on its own local server
+            # goes; a server named by --api-url may have other workers relying on it.
+            env["TEXT_TO_3D_GPU_SLOTS"] = str(gpu_slots)
+            if own_server:
+                subprocess.run([prefect, "concurrency-limit", "delete", "gpu"], env=env, cwd=REPOSITORY,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            subprocess.run([prefect, "concurrency-limit", "create", "gpu", str(gpu_slots)], env=env, cwd=REPOSITORY,
+                           check=True, stdout=subprocess.DEVNULL)
         for command in (
             [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-            [prefect, "concurrency-limit", "create", "gpu", str(gpu_slots)],
             [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPOSITORY / "prefect.yaml")],
         ):
             subprocess.run(command, env=env, cwd=REPOSITORY, check=True, stdout=subprocess.DEVNULL)
         print(f"Prefect UI and API: {api_url.removesuffix('/api')}\n"
               f"try: PREFECT_API_URL={api_url} prefect deployment run text-to-3d/default "
               "--param prompt=\"a mossy treasure chest\"", flush=True)
-        children.append(subprocess.Popen([prefect, "worker", "start", "--pool", POOL], env=worker_environment(env),
-                                         cwd=REPOSITORY))
+        if warm == "resident":
+            worker = [sys.executable, "-m", "flows.resident_worker", "--pool", POOL]
+            env = {**deployment_environment(), **env}
+        else:
+            worker = [prefect, "worker", "start", "--pool", POOL]
+        children.append(subprocess.Popen(worker, env=worker_environment(env), cwd=REPOSITORY))
         return children[-1].wait()
     except KeyboardInterrupt:
         return 0

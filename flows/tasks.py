@@ -18,9 +18,10 @@ import io
 import json
 import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import task
 
@@ -78,6 +79,27 @@ def settings() -> Any:
     from stages.settings import load_settings
 
     return load_settings()
+
+
+@functools.cache
+def _gpu_semaphore(slots: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(slots)
+
+
+@contextlib.contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold one of this process's GPU slots (``gpu_slots`` in the settings) for a GPU stage's
+    work; no-op when unset. In ``serve``'s resident worker every flow run's stages run in one
+    process, so a semaphore here is exact, where the Prefect server's 'gpu' tag limit costs
+    three database writes per task and, on the local SQLite server, collided with its other
+    writes: "database is locked", and the client's retry waited 2 s, on two of every three GPU
+    stages of a measured run."""
+    slots = settings().gpu_slots
+    if slots is None:
+        yield
+        return
+    with _gpu_semaphore(slots):
+        yield
 
 
 def store() -> ArtifactStore:
@@ -172,7 +194,7 @@ def image_stage(asset: str, prompt: str, seed: int, model: str, steps: int | Non
 
     target, started = store(), time.perf_counter()
     loaded = get_model(model, settings())
-    with loaded.lock:
+    with gpu_slot(), loaded.lock:
         [result] = text_to_image(prompt, loaded, seeds=seed, steps=steps, size=size)
     details = {k: v for k, v in result.metadata.items() if k not in ("model", "refiner")}
     return _stage_result({"image": _put_png(target, f"{asset}/image/image.png", result.image)}, started,
@@ -189,7 +211,7 @@ def cutout_stage(asset: str, image_key: str, segmenter: str) -> dict:
     u2net = get_model("u2netp", current)
     sam = get_model("sam-vit-huge", current) if segmenter == "sam" else None
     image = _get_image(target, image_key)
-    with u2net.lock, (sam.lock if sam else contextlib.nullcontext()):
+    with gpu_slot(), u2net.lock, (sam.lock if sam else contextlib.nullcontext()):
         result = cut_out(image, u2net.model, sam.model if sam else None, segmenter=segmenter)
     outputs = {
         "cutout": _put_png(target, f"{asset}/cutout/cutout.png", result.cutout),
@@ -222,7 +244,7 @@ def six_views_stage(asset: str, reframed_key: str, version: str, steps: int, see
     loaded = get_model(f"zero123plus-{version}", settings(), controlnet=controlnet)
     depth = _get_image(target, depth_key) if depth_key else None
     reference = _get_image(target, reframed_key)
-    with loaded.lock:
+    with gpu_slot(), loaded.lock:
         result = generate_six_views(reference, loaded.model, version=version, num_inference_steps=steps, seed=seed,
                                     depth_grid=depth, controlnet_conditioning_scale=conditioning_scale)
     with tempfile.TemporaryDirectory() as scratch:

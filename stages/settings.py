@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     """Address of an existing Dask scheduler or Ray cluster; unset starts a local one."""
     max_workers: int = 4
     """Threads, or local Dask/Ray workers, that run stage tasks at once."""
+    gpu_slots: int | None = Field(None, ge=1)
+    """GPU stages at once in this process, across all its flow runs (``serve``'s resident worker,
+    where every flow run's stages share one process); unset: no limit here (a Prefect 'gpu'
+    concurrency limit or the cluster's GPU resources decide)."""
     max_mesh_bytes: int = 256 * 2**20
     """Largest mesh file a request may name; checked before the file is read."""
     max_manifest_bytes: int = 16 * 2**20

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,19 +144,69 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
                 key=ArtifactFilterKey(any_=[f"{manifest.parent.name}-summary"])))
         assert "file://" not in summary.data
         assert summary.data.count("](data:image/") == 6, summary.data[:2000]
+        # the flow run ran inside serve's long-lived resident worker, not a process of its own
+        with get_client(sync_client=True) as client:
+            [flow_run] = client.read_flow_runs()
+        command_line = Path(f"/proc/{flow_run.infrastructure_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"flows.resident_worker" in command_line, command_line
+        # cancelled while it runs, a flow run of that shared process stops before its next
+        # stage and ends Cancelled, without a manifest
+        from prefect.deployments import run_deployment
+
+        slow = run_deployment("mesh-to-3d/default", timeout=0, parameters={
+            "mesh": str(tmp_path / "bottle.glb"), "image": str(tmp_path / "bottle.png"), "seed": 1,
+            "options": {**json.loads(options), "view_steps": 3}})
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while not client.read_flow_run(slow.id).state.is_running():
+                assert time.monotonic() < deadline, "the second flow run never started"
+                time.sleep(0.2)
+            subprocess.run([prefect, "flow-run", "cancel", str(slow.id)], env=env, check=True, capture_output=True)
+            while not (state := client.read_flow_run(slow.id).state).is_final():
+                assert time.monotonic() < deadline + 120, f"the cancelled flow run is still {state.name}"
+                time.sleep(0.5)
+        assert state.is_cancelled(), state
+        assert len(list((tmp_path / "store").glob("*/manifest.json"))) == 1
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
         print(output[-3000:])
 
 
-def test_serve_starts_the_warm_pool_unless_told_not_to():
-    """The test above runs its deployment through serve's default: the stages on its
-    long-lived Dask worker, where models stay loaded between flow runs."""
+def test_serve_runs_flow_runs_in_its_resident_worker_unless_told_otherwise():
+    """The test above runs its deployment through serve's default: the flow run inside the
+    resident worker's long-lived process, where models stay loaded between flow runs."""
     from flows.cli import build_parser
 
-    assert build_parser().parse_args(["serve"]).warm is True
-    assert build_parser().parse_args(["serve", "--no-warm"]).warm is False
+    assert build_parser().parse_args(["serve"]).warm == "resident"
+    assert build_parser().parse_args(["serve", "--warm", "dask"]).warm == "dask"
+    assert build_parser().parse_args(["serve", "--warm", "off"]).warm == "off"
+
+
+def test_a_process_that_limits_its_gpu_stages_itself_submits_them_untagged_and_holds_its_slots(monkeypatch):
+    """In the resident worker GPU stages take the process's own slots, not the Prefect
+    server's 'gpu' tag limit, whose slot requests collided with the local server's writes."""
+    from flows.runner import _as_submitted
+    from flows.tasks import cutout_stage, depth_grid_stage, gpu_slot
+
+    monkeypatch.delenv("TEXT_TO_3D_GPU_SLOTS", raising=False)
+    assert _as_submitted(cutout_stage) is cutout_stage and "gpu" in cutout_stage.tags
+    monkeypatch.setenv("TEXT_TO_3D_GPU_SLOTS", "1")
+    untagged = _as_submitted(cutout_stage)
+    assert untagged.name == "cutout" and "gpu" not in untagged.tags and "gpu" in cutout_stage.tags
+    assert _as_submitted(depth_grid_stage) is depth_grid_stage
+    entered = threading.Event()
+
+    def second_stage() -> None:
+        with gpu_slot():
+            entered.set()
+
+    with gpu_slot():
+        waiting = threading.Thread(target=second_stage)
+        waiting.start()
+        assert not entered.wait(0.3)  # one slot: the second GPU stage waits for the first
+    waiting.join(timeout=10)
+    assert entered.is_set()
 
 
 def test_serve_polls_for_flow_runs_every_second_unless_the_environment_says_otherwise():
