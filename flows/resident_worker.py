@@ -42,6 +42,12 @@ CANCEL_POLL_SECONDS = 2.0
 class ResidentWorker(ProcessWorker):
     """A ``process`` pool's worker that runs flow runs on threads of this process."""
 
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        # registered under a name of its own: under its type, ``process``, it would replace
+        # Prefect's process worker in the worker registry of any process that imports it
+        return "text-to-3d-resident"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flows: dict[UUID, Flow] = {}

@@ -2,8 +2,10 @@
 
 Starts a local Prefect server (unless ``--api-url`` names one), creates the ``gpu`` process
 work pool, limits GPU stages to one at a time per GPU (in the resident worker's process, or
-else with the ``gpu`` tag concurrency limit), registers the deployments of ``prefect.yaml`` and runs a worker until interrupted. Then
-``prefect deployment run text-to-3d/default --param prompt="..."`` works from any shell.
+else with the ``gpu`` tag concurrency limit), registers the deployments of ``prefect.yaml``
+and runs a worker until interrupted. Then ``prefect deployment run text-to-3d/default
+--param prompt="..."`` works from any shell.
+
 By default (``warm="resident"``) the worker is ``flows.resident_worker``: every flow run
 executes inside its one long-lived process, so no flow run starts a Python of its own, and
 imports and loaded models outlive every flow run. ``warm="dask"`` keeps Prefect's process
@@ -25,6 +27,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 POOL = "gpu"
+WARM_MODES = ("resident", "dask", "off")
 SHUTDOWN_GRACE_SECONDS = 15  # then children that have not stopped are killed
 # Prefect's process worker asks for scheduled runs every 10 s by default, so a deployment run
 # waited 5 s on average, up to 10, before it started: serve's own worker asks every second
@@ -93,9 +96,6 @@ def deployment_environment() -> dict[str, str]:
 def worker_environment(env: dict[str, str]) -> dict[str, str]:
     """The worker's environment: ``env`` over serve's latency-minded worker defaults."""
     return {**WORKER_DEFAULTS, **env}
-
-
-WARM_MODES = ("resident", "dask", "off")
 
 
 def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = None,
