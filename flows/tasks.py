@@ -90,10 +90,8 @@ def _gpu_semaphore(slots: int) -> threading.BoundedSemaphore:
 def gpu_slot() -> Iterator[None]:
     """Hold one of this process's GPU slots (``gpu_slots`` in the settings) for a GPU stage's
     work; no-op when unset. In ``serve``'s resident worker every flow run's stages run in one
-    process, so a semaphore here is exact, where the Prefect server's 'gpu' tag limit costs
-    three database writes per task and, on the local SQLite server, collided with its other
-    writes: "database is locked", and the client's retry waited 2 s, on two of every three GPU
-    stages of a measured run."""
+    process, so a semaphore here is exact and costs no server round trip, unlike the Prefect
+    server's 'gpu' tag limit (see ``flows.runner._as_submitted``)."""
     slots = settings().gpu_slots
     if slots is None:
         yield
