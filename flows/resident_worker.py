@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import functools
 import os
+import signal
 from typing import Any
 from uuid import UUID
 
@@ -51,11 +52,13 @@ class ResidentWorker(ProcessWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flows: dict[UUID, Flow] = {}
+        self.executing: set[UUID] = set()
 
     async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
                   task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
         flow = await self._flow(flow_run)
         (task_status or anyio.TASK_STATUS_IGNORED).started(os.getpid())
+        self.executing.add(flow_run.id)
         try:
             async with anyio.create_task_group() as watching:
                 watching.start_soon(self._stop_when_cancelled, flow_run)
@@ -69,6 +72,7 @@ class ResidentWorker(ProcessWorker):
             await self._propose_crashed_state(flow_run, f"The flow engine failed: {type(error).__name__}: {error}")
             return ProcessWorkerResult(status_code=1, identifier=str(os.getpid()))
         finally:
+            self.executing.discard(flow_run.id)
             forget_stop(flow_run.id)
         # The engine's last state proposal is refused while the run is Cancelling, so a run
         # cancelled while it ran (stopped, or done before the watch saw the cancel) ends here.
@@ -111,8 +115,32 @@ def preload() -> None:
     import stages.six_views  # noqa: F401
 
 
+def crash_on_termination(worker: ResidentWorker) -> None:
+    """On SIGTERM (``serve`` stopping, a container shut down), mark the flow runs this
+    process is running Crashed and exit at once: their threads die with the process, and
+    left alone they would show Running for good. A rerun of each asset resumes from the
+    stages it finished (a process per flow run gives the same: the engine there marks its
+    run Crashed on SIGTERM)."""
+
+    def crash_and_exit(signum: int, frame: Any) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        message = "The resident worker was stopped while this flow run ran; a rerun resumes from its finished stages"
+        with get_client(sync_client=True) as client:
+            for flow_run_id in list(worker.executing):
+                try:
+                    client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+                except Exception:  # the server already gone: nothing more to tell it
+                    pass
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, crash_and_exit)
+
+
 async def work(pool: str) -> None:
     async with ResidentWorker(work_pool_name=pool) as worker:
+        crash_on_termination(worker)
         await worker.start()
 
 
