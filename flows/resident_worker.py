@@ -9,9 +9,9 @@ logs, retries and lineage. Its imports, its model cache (``stages.model_cache``:
 offload, evict or auto, with LRU eviction) and its loaded flows outlive every flow run.
 
 What a process per run gave and this does not: a crash in native code takes the worker
-down (a rerun of the asset resumes from its stored stages), and a running flow run cannot
-be killed mid-stage: a cancelled one stops before its next stage, then shows Cancelled.
-The deployments' environment (their ``job_variables``) is not applied
+and its running flow runs down (a rerun of an asset resumes from its stored stages), and a
+running flow run cannot be killed mid-stage: a cancelled one stops before its next stage,
+then shows Cancelled. The deployments' environment (their ``job_variables``) is not applied
 per run; ``serve`` gives the worker that environment once.
 
 Written here because Prefect has no in-process worker: its ``Runner`` (``flow.serve``)
@@ -119,8 +119,7 @@ def crash_on_termination(worker: ResidentWorker) -> None:
     """On SIGTERM (``serve`` stopping, a container shut down), mark the flow runs this
     process is running Crashed and exit at once: their threads die with the process, and
     left alone they would show Running for good. A rerun of each asset resumes from the
-    stages it finished (a process per flow run gives the same: the engine there marks its
-    run Crashed on SIGTERM)."""
+    stages it finished."""
 
     def crash_and_exit(signum: int, frame: Any) -> None:
         from prefect.client.orchestration import get_client
