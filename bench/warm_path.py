@@ -39,6 +39,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # before bench/, whose zero123pp.py is a script
+
+from flows.serve import WARM_MODES  # noqa: E402  (standard library only: no heavy imports)
 SHARED_U2NETP = ROOT.parent / "shared" / "data" / "u2netp.onnx"
 OPTIONS = {"segmenter": "u2net", "view_steps": 1, "texture_size": 64, "lods": 1, "preview_size": 32}
 
@@ -163,7 +165,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="consecutive mesh-to-3d deployment runs")
     parser.add_argument("--batch-rows", type=int, default=0, help="rows of the batch run (0: no batch)")
     parser.add_argument("--batch-concurrency", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--warm", choices=["resident", "dask", "off"], default="off",
+    parser.add_argument("--warm", choices=WARM_MODES, default="off",
                         help="serve's --warm: resident (serve's default) runs flow runs inside one long-lived "
                              "worker process, dask sends their stages to a long-lived Dask worker; off here "
                              "unless asked, so runs compare with earlier cold figures")

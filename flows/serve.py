@@ -151,9 +151,12 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
             if own_server:
                 subprocess.run([prefect, "concurrency-limit", "delete", "gpu"], env=env, cwd=REPOSITORY,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            worker = [sys.executable, "-m", "flows.resident_worker", "--pool", POOL]
+            worker_env = {**deployment_environment(), **env}
         else:
             subprocess.run([prefect, "concurrency-limit", "create", "gpu", str(gpu_slots)], env=env, cwd=REPOSITORY,
                            check=True, stdout=subprocess.DEVNULL)
+            worker, worker_env = [prefect, "worker", "start", "--pool", POOL], env
         for command in (
             [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
             [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPOSITORY / "prefect.yaml")],
@@ -162,12 +165,7 @@ def serve(api_url: str | None = None, port: int = 4200, gpu_slots: int | None = 
         print(f"Prefect UI and API: {api_url.removesuffix('/api')}\n"
               f"try: PREFECT_API_URL={api_url} prefect deployment run text-to-3d/default "
               "--param prompt=\"a mossy treasure chest\"", flush=True)
-        if warm == "resident":
-            worker = [sys.executable, "-m", "flows.resident_worker", "--pool", POOL]
-            env = {**deployment_environment(), **env}
-        else:
-            worker = [prefect, "worker", "start", "--pool", POOL]
-        children.append(subprocess.Popen(worker, env=worker_environment(env), cwd=REPOSITORY))
+        children.append(subprocess.Popen(worker, env=worker_environment(worker_env), cwd=REPOSITORY))
         return children[-1].wait()
     except KeyboardInterrupt:
         return 0

@@ -48,6 +48,10 @@ def test_infra_files_parse_and_ask_for_gpus():
     [device] = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert services["gpu-worker"]["environment"]["TEXT_TO_3D_STORE"].startswith("s3://")
+    # the compose worker is a resident one: it needs, once, what prefect.yaml gives each flow run
+    from flows.serve import deployment_environment
+
+    assert deployment_environment().items() <= services["gpu-worker"]["environment"].items()
 
     template = json.loads((ROOT / "infra" / "k8s" / "gpu-work-pool.json").read_text())
     assert set(template) == {"variables", "job_configuration"}
