@@ -186,9 +186,11 @@ def estimate_lighting(
     # channels with some light in them take part.
     lit = channels[np.median(colour, axis=0) > DIM_CHANNEL]
     lit_common = lit.mean(axis=0) if len(lit) else common
-    hue = (lit[1:] - lit[0]).T
-    root = np.sqrt(areas)
-    explained = hue @ np.linalg.lstsq(hue * root[:, None], lit_common * root, rcond=None)[0] if len(lit) > 1 else 0.0
+    explained = 0.0  # with one channel lit, or none (a dark object), there is no hue to explain anything
+    if len(lit) > 1:
+        hue = (lit[1:] - lit[0]).T
+        root = np.sqrt(areas)
+        explained = hue @ np.linalg.lstsq(hue * root[:, None], lit_common * root, rcond=None)[0]
     achromatic = float(np.sqrt(areas @ (lit_common - explained) ** 2))
     seen = (basis @ coefficients)[weights > 0]
     coefficients = coefficients - np.eye(9)[0] * seen.max() / 0.282095  # the brightest seen is 1

@@ -134,3 +134,20 @@ def test_views_that_share_no_surface_leave_the_colour_alone(checkered):
     images, cameras = shaded_views(checkered, directional)
     lighting = estimate_lighting(checkered, images[:1], cameras[:1])
     assert not lighting.applied and np.allclose(lighting.shading(checkered.vertex_normals), 1.0)
+
+
+def test_a_dark_object_is_delit_without_any_channel_read_for_hue():
+    """Near-black paint leaves every channel under the floor for reading hue (found on a
+    black-and-white checkered ball whose black squares were the majority): the fit must
+    still run, with nothing explained by hue."""
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    p = sphere.vertices
+    tile = (np.sin(20 * p[:, 0]) * np.sin(20 * p[:, 1] + 0.5) * np.sin(20 * p[:, 2] + 1.0)) > 0
+    colour = np.where(tile[:, None], [0.12, 0.1, 0.09], [0.06, 0.07, 0.08])
+    sphere.visual = trimesh.visual.ColorVisuals(sphere, vertex_colors=np.round(colour * 255).astype(np.uint8))
+    images, cameras = shaded_views(sphere, directional)
+    lighting = estimate_lighting(sphere, images, cameras)
+    assert lighting.applied
+    seen = sphere.vertex_normals[sphere.vertices[:, 1] > -0.2]
+    ratio = lighting.shading(seen) / directional(seen)
+    assert ratio.std() / ratio.mean() < 0.15, ratio.std() / ratio.mean()
