@@ -338,10 +338,12 @@ def main() -> None:
         print(json.dumps({"benchmark": "recon_quality", "skipped": f"no meshes at {folder} (../shared absent)"}))
         return
     meshes = find_meshes(folder)
-    wanted = set(args.only) if args.only else {*meshes, GREY_CASE[1]}
-    unknown = wanted - {*meshes, GREY_CASE[1]}
+    # the grey case paints one of the shared meshes, so a folder without it has no grey case
+    cases_here = {*meshes, GREY_CASE[1]} if GREY_CASE[0] in meshes else set(meshes)
+    wanted = set(args.only) if args.only else cases_here
+    unknown = wanted - cases_here
     if unknown:
-        parser.error(f"no mesh named {', '.join(sorted(unknown))} in {folder}; have {', '.join(meshes)}")
+        parser.error(f"no mesh named {', '.join(sorted(unknown))} in {folder}; have {', '.join(sorted(cases_here))}")
     cases = [(name, path, False) for name, path in meshes.items() if name in wanted]
     if GREY_CASE[1] in wanted:
         cases.append((GREY_CASE[1], meshes[GREY_CASE[0]], True))
