@@ -203,8 +203,10 @@ def silhouette_field(
     their rays. Along those rays only, the score becomes ``max(d1, min(d1 + tol, d2))``
     (``d2`` the second smallest distance): a voxel that every view but one sees inside
     survives when that one misses it by less than ``tol`` pixels. Relaxing everywhere
-    instead would dilate every silhouette by ``tol``. Holes inside a silhouette carve
-    where at least two views see through them.
+    instead would dilate every silhouette by ``tol``. Along the same rays, a voxel with no
+    inside neighbour whose footprint overlaps every silhouette is inside too: it stands for
+    a part thinner than a voxel that fell between the voxel centres. Holes inside a
+    silhouette carve where at least two views see through them.
     """
     filled = [ndimage.binary_fill_holes(mask) for mask in masks]
     filled_distances = np.stack([signed_distance(mask) for mask in filled])
@@ -232,8 +234,16 @@ def silhouette_field(
         tolerant[inside] = np.minimum(tolerant[inside], seen_through)
     to_voxels = _pixel_footprint(cameras) / voxel_size
     field.values = (exact * to_voxels).astype(np.float32).reshape(field.values.shape)
-    tolerated = np.flatnonzero(tolerant > np.maximum(exact, 0.0))
-    return restore_unexplained(field, masks, cameras, tolerated, tolerant[tolerated] * to_voxels)
+    # A part thinner than a voxel (a sword's blade seen edge-on, a line two pixels wide)
+    # can lie between two layers of voxel centres that each miss its silhouette by a
+    # fraction of a pixel: no voxel is inside, and the part is lost whole. A voxel whose
+    # footprint (half a voxel about its centre) every silhouette overlaps may stand for
+    # it. Beside a voxel that is inside, the part is already there and would only grow.
+    covering = exact + 0.5 / to_voxels
+    beside_inside = ndimage.binary_dilation(field.values > 0).reshape(-1)
+    restorable = np.maximum(tolerant, np.where(beside_inside, -np.inf, covering))
+    tolerated = np.flatnonzero(restorable > np.maximum(exact, 0.0))
+    return restore_unexplained(field, masks, cameras, tolerated, restorable[tolerated] * to_voxels)
 
 
 def restore_unexplained(field: VoxelField, masks: list[np.ndarray], cameras: list[PinholeCamera],
