@@ -151,3 +151,17 @@ def test_a_dark_object_is_delit_without_any_channel_read_for_hue():
     seen = sphere.vertex_normals[sphere.vertices[:, 1] > -0.2]
     ratio = lighting.shading(seen) / directional(seen)
     assert ratio.std() / ratio.mean() < 0.15, ratio.std() / ratio.mean()
+
+
+def test_a_two_tone_object_in_flat_light_does_not_break_the_robust_fit():
+    """Unshaded black and white squares give two exact log colours; once the robust fit
+    settled on one, the spread about it was nil, every weight went to zero and the solve
+    was singular. The spread is floored at what 8-bit colour can tell apart."""
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    p = sphere.vertices
+    tile = (np.sin(20 * p[:, 0]) * np.sin(20 * p[:, 1] + 0.5) * np.sin(20 * p[:, 2] + 1.0)) > 0
+    colour = np.where(tile[:, None], [0.92, 0.92, 0.92], [0.08, 0.08, 0.08])
+    sphere.visual = trimesh.visual.ColorVisuals(sphere, vertex_colors=np.round(colour * 255).astype(np.uint8))
+    images, cameras = shaded_views(sphere)
+    lighting = estimate_lighting(sphere, images, cameras)
+    assert not lighting.applied
