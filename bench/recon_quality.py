@@ -1,14 +1,15 @@
 """Reconstruction quality on real meshes, against a naive baseline; prints JSON.
 
     python bench/recon_quality.py [--protocol perfect|realistic|both] [--only NAME ...]
-                                  [--seed N] [--meshes DIR] [--save-grids DIR] [--markdown]
+                                  [--seed N] [--meshes DIR | --procedural] [--save-grids DIR] [--markdown]
     python bench/recon_quality.py --from-json run.json --markdown
 
 Meshes: every ``*.off`` and ``*.ply`` in ``--meshes`` and every folder there holding an
 ``.obj`` (with its ``.mtl`` and texture, if any), plus ``cow_grey``: the cow with a uniform
 albedo equal to the 50 % background grey (8-bit), reported apart from the mean. It runs
 under ``realistic`` only: unlit, it matches the background pixel for pixel, so there is
-nothing to reconstruct (the CLI refuses it: "no foreground").
+nothing to reconstruct (the CLI refuses it: "no foreground"). ``--procedural`` runs the
+shapes of ``bench/shapes.py`` instead (built in code, so no ``../shared`` is needed).
 
 Each mesh is normalised into the unit sphere and given an albedo: its texture, or for
 untextured meshes a smooth colour from position. Two protocols make its Zero123++ v1.2
@@ -56,6 +57,7 @@ from skimage import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.shapes import procedural_meshes  # noqa: E402
 from recon.camera import PinholeCamera  # noqa: E402
 from recon.geometry import sample_views, signed_distance, working_volume  # noqa: E402
 from recon.render import MeshRenderer, RenderResult  # noqa: E402
@@ -320,6 +322,8 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--meshes", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"))
+    parser.add_argument("--procedural", action="store_true",
+                        help="run the shapes built in bench/shapes.py instead of the meshes folder")
     parser.add_argument("--only", nargs="*", help=f"mesh names to run, {GREY_CASE[1]} included (default: all)")
     parser.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both")
     parser.add_argument("--seed", type=int, default=0, help="seed of the realistic views' errors")
@@ -333,28 +337,33 @@ def main() -> None:
         report = json.loads(args.from_json.read_text())
         print(markdown(report) if args.markdown else json.dumps(report, indent=2))
         return
-    folder = Path(args.meshes)
-    if not folder.is_dir():
-        print(json.dumps({"benchmark": "recon_quality", "skipped": f"no meshes at {folder} (../shared absent)"}))
-        return
-    meshes = find_meshes(folder)
-    # the grey case paints one of the shared meshes, so a folder without it has no grey case
-    cases_here = {*meshes, GREY_CASE[1]} if GREY_CASE[0] in meshes else set(meshes)
-    wanted = set(args.only) if args.only else cases_here
-    unknown = wanted - cases_here
+    if args.procedural:
+        shapes = procedural_meshes()
+        loaders = {name: (lambda mesh=mesh: mesh) for name, mesh in shapes.items()}
+        where = "bench/shapes.py"
+    else:
+        folder = Path(args.meshes)
+        if not folder.is_dir():
+            print(json.dumps({"benchmark": "recon_quality", "skipped": f"no meshes at {folder} (../shared absent)"}))
+            return
+        meshes = find_meshes(folder)
+        loaders = {name: (lambda path=path: load_ground_truth(path)) for name, path in meshes.items()}
+        if GREY_CASE[0] in meshes:  # the grey case paints one of the shared meshes
+            loaders[GREY_CASE[1]] = lambda: load_ground_truth(meshes[GREY_CASE[0]], grey=True)
+        where = str(folder)
+    wanted = set(args.only) if args.only else set(loaders)
+    unknown = wanted - set(loaders)
     if unknown:
-        parser.error(f"no mesh named {', '.join(sorted(unknown))} in {folder}; have {', '.join(sorted(cases_here))}")
-    cases = [(name, path, False) for name, path in meshes.items() if name in wanted]
-    if GREY_CASE[1] in wanted:
-        cases.append((GREY_CASE[1], meshes[GREY_CASE[0]], True))
+        parser.error(f"no mesh named {', '.join(sorted(unknown))} in {where}; have {', '.join(sorted(loaders))}")
+    cases = [(name, load, name == GREY_CASE[1]) for name, load in loaders.items() if name in wanted]
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     if args.save_grids:
         args.save_grids.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list] = {protocol: [] for protocol in protocols}
     grey: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, path, is_grey in cases:
-            truth = load_ground_truth(path, grey=is_grey)
+        for name, load, is_grey in cases:
+            truth = load()
             for protocol in protocols:
                 if is_grey and protocol == "perfect":
                     continue
