@@ -216,7 +216,7 @@ def estimate_lighting(
 
 
 def fit_shading(basis: np.ndarray, values: np.ndarray, weights: np.ndarray | None = None, iterations: int = 8,
-                tuning: float = 4.685, ridge: float = 1e-3, min_weight_share: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+                tuning: float = 4.685, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """SH coefficients (9,) with ``basis @ c`` fitting ``values`` (log colours: the log
     albedo, taken as constant, plus the log shading) by iteratively reweighted least squares
     (Tukey's biweight at ``tuning`` robust standard deviations), and the final weights; given
@@ -233,11 +233,10 @@ def fit_shading(basis: np.ndarray, values: np.ndarray, weights: np.ndarray | Non
         residual = values - basis @ coefficients
         scale = max(1.4826 * float(np.median(np.abs(residual - np.median(residual)))), 1e-6)
         u = residual / (tuning * scale)
-        reweighted = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
-        if reweighted.sum() < min_weight_share * len(values):
-            # Most points are outliers to the fit: no one colour dominates. A balanced
-            # two-tone pattern starts the fit between its tones, every point then lies off
-            # it, and reweighting would chase the few left until none was (a singular solve).
-            break
-        weights = reweighted
+        weights = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+        if not weights.any():
+            # Every point lies off the fit: no one colour dominates. A two-tone pattern can
+            # start the fit between its tones and reweighting chase the few points near it
+            # until none is left (a singular solve). The plain least-squares fit stands.
+            return fit_shading(basis, values, np.ones(len(values)), ridge=ridge)
     return coefficients, weights
