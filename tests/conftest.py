@@ -136,6 +136,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def prefect_server():
+    """A real local Prefect API (server and SQLite database) for every test that runs flows,
+    yielding its settings. One for the session: each start takes about 25 s on two cores,
+    and the tests find their own runs by id, so they share nothing through it."""
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield get_current_settings()
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint: moto's server on a free local port."""
     from moto.server import ThreadedMotoServer

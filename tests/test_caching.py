@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_flows import FAST, _states, _task_runs, inputs, prefect_server  # noqa: F401 (fixtures)
+from tests.test_flows import FAST, _states, _task_runs, inputs  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -101,20 +101,10 @@ def test_compose_reads_every_credential_from_infra_env_and_the_worker_has_its_ow
         assert all(action.startswith("s3:") and "*" not in action for action in statement["Action"])
 
 
-@pytest.fixture
-def prefect_api():
-    from prefect.settings import get_current_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        settings = get_current_settings()
-        yield str(settings.api.url), str(settings.results.local_storage_path)
-
-
-def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_models_file, u2netp_file, tmp_path):
+def test_a_deployment_run_through_serve_reaches_completed(prefect_server, tiny_models_file, u2netp_file, tmp_path):
     from stages.sample_input import draw_sample_blockout, draw_sample_object
 
-    api_url, result_storage = prefect_api
+    api_url, result_storage = str(prefect_server.api.url), str(prefect_server.results.local_storage_path)
     draw_sample_blockout().export(tmp_path / "bottle.glb")
     draw_sample_object(256).save(tmp_path / "bottle.png")
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_LOCAL_STORAGE_PATH": result_storage,
@@ -150,7 +140,7 @@ def test_a_deployment_run_through_serve_reaches_completed(prefect_api, tiny_mode
         assert summary.data.count("](data:image/") == 6, summary.data[:2000]
         # the flow run ran inside serve's long-lived resident worker, not a process of its own
         with get_client(sync_client=True) as client:
-            [flow_run] = client.read_flow_runs()
+            flow_run = client.read_flow_run(summary.flow_run_id)
         command_line = Path(f"/proc/{flow_run.infrastructure_pid}/cmdline").read_bytes().split(b"\0")
         assert b"flows.resident_worker" in command_line, command_line
         # cancelled while it runs, a flow run of that shared process stops before its next

@@ -22,14 +22,6 @@ from tests.fault_proxy import FaultProxy
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """A blockout (a capsule on a box, as a studio's GLB), a reference photo and a broken photo."""
     from stages.sample_input import draw_sample_object

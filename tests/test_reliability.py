@@ -20,7 +20,7 @@ import pytest
 
 from flows.store import LocalStore, S3Store, sha256_of
 from tests.fault_proxy import FaultProxy
-from tests.test_flows import _retexture, _states, _task_runs, inputs, prefect_server, s3  # noqa: F401 (fixtures)
+from tests.test_flows import _retexture, _states, _task_runs, inputs, s3  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

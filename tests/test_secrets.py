@@ -16,15 +16,6 @@ from tests.conftest import free_port
 FAST = {"segmenter": "u2net", "view_steps": 1, "texture_size": 64, "lods": 1, "preview_size": 32}
 
 
-@pytest.fixture
-def prefect_server():
-    from prefect.settings import get_current_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield get_current_settings()
-
-
 def _files(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
 
