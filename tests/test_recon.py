@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import measure
 
+from bench.shapes import procedural_meshes
 from flows.cli import main
 from recon.export import export_glb, lod_chain, to_trimesh
 from recon.geometry import extract_surface, silhouette_field, working_volume
@@ -472,12 +473,7 @@ def test_a_blade_thinner_than_a_voxel_is_kept_whole():
     either side of its midplane miss that line by a fraction of a pixel: the exact hull had
     no voxel inside the blade and lost it whole (it ended at the guard). Voxels whose
     footprint every silhouette overlaps now stand for it where its pixels were unexplained."""
-    blade = trimesh.creation.box((0.06, 1.8, 0.015))
-    guard = trimesh.creation.box((0.4, 0.05, 0.05))
-    guard.apply_translation([0.0, -0.6, 0.0])
-    sword = trimesh.util.concatenate([blade, guard])
-    sword.apply_translation(-sword.bounds.mean(axis=0))
-    sword.apply_scale(1 / np.linalg.norm(sword.vertices, axis=1).max())
+    sword = procedural_meshes()["sword"]  # the benchmark's: a 1.8-long blade 0.015 thick, in the unit sphere
     renders, cameras = render_views(sword, tile=320)
     masks = [render.mask for render in renders]
     hull = extract_surface(silhouette_field(masks, cameras, 128))
