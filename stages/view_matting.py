@@ -18,7 +18,7 @@ from stages.cutout import coarse_foreground
 from stages.image_input import open_image
 from stages.registry import model_spec, open_onnx, resolve
 from zero123pp import matte_view, split_grid
-from zero123pp.views import NUM_VIEWS, estimate_background, matte_threshold
+from zero123pp.views import NUM_VIEWS, estimate_background, matte_threshold, off_background
 
 if TYPE_CHECKING:  # the model cache imports torch and diffusers, which matting never needs
     from stages.model_cache import LoadedModel
@@ -86,6 +86,9 @@ def learned_matte(view: Image.Image, u2net: Any) -> Image.Image:
       enclosed region colour judged part of the object, a faint edge) becomes background
       where u2netp is confident of that: a hole colour closed because the object's grey
       rim around it was lost too.
+    - What colour finds off the background as a whole (``off_background``: a box's face
+      shaded to nearly the background's grey) stays solid, though u2netp may see
+      background there: colour's statistics over a region outweigh u2netp's guess.
     """
     rgb = np.asarray(view.convert("RGB"))
     background = estimate_background(view)
@@ -94,6 +97,7 @@ def learned_matte(view: Image.Image, u2net: Any) -> Image.Image:
     _, threshold = matte_threshold(contrast)
     solid = matte[..., 3] >= 128
     faint = solid & (contrast <= threshold)
+    faint &= ~off_background(contrast, solid & ~faint)  # what colour itself found off the background
     edge_contrast = _edge_contrast(solid, contrast)
     if not faint.any() and (edge_contrast[~solid] >= CRISP_EDGE).all() and not ndimage.binary_fill_holes(solid)[~solid].any():
         # Crisp edges all round and nothing enclosed: u2netp could change no pixel (below),

@@ -114,3 +114,20 @@ def test_matting_threshold_follows_background_noise():
     assert (alpha[:80] == 0).all() and (alpha[240:] == 0).all()  # noise is not object
     assert (alpha[105:135, 105:215] == 255).all()
     assert (alpha[145:175, 145:175] == 0).all()
+
+
+def test_matting_keeps_a_face_within_the_noise_but_off_the_background():
+    """A box's face shaded to within the background's noise of its grey, pixel by pixel,
+    is still off it as a whole: it stays object beside the object, and a patch of the same
+    shade away from the object stays background."""
+    size = 320
+    noise = np.random.default_rng(1).normal(0.0, 2.5, (size, size, 3))
+    rgb = 127 + noise
+    rgb[100:220, 60:140] = (40, 60, 90) + noise[100:220, 60:140]  # a face colour alone finds
+    rgb[100:220, 140:200] = 132 + noise[100:220, 140:200]  # the next face, 5 levels off the grey
+    rgb[20:60, 240:300] = 132 + noise[20:60, 240:300]  # the same shade, apart from the object
+    alpha = np.asarray(matte_view(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))))[..., 3]
+    difference = np.abs(np.clip(rgb, 0, 255).round() - 127).max(axis=2)
+    assert (difference[100:220, 140:200] <= 13).mean() > 0.95  # under the matting threshold, one by one
+    assert (alpha[105:215, 140:195] == 255).mean() > 0.99
+    assert (alpha[240:] == 0).all() and (alpha[:, 220:] == 0).all()

@@ -194,16 +194,69 @@ def _border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
+def background_level(difference: np.ndarray, percentile: float) -> float:
+    """The ``percentile`` of a view's background noise: of its map of largest channel
+    differences to the background colour (8-bit units), on the map's border, leaving out
+    object pixels that touch it."""
+    border = _border(difference)
+    border = border[border <= MAX_MATTE_THRESHOLD]  # the object may touch the border
+    return float(np.percentile(border, percentile)) if border.size else MAX_MATTE_THRESHOLD
+
+
+def off_background(difference: np.ndarray, solid: np.ndarray, edge_reach: int = 3, window: int = 9,
+                   min_pixels: int = 15, share: float = 0.35) -> np.ndarray:
+    """Parts of the object that the solid region missed though they are not background:
+    regions next to ``solid`` whose pixels are each within the background's noise, but off
+    its colour as a whole (a grey stripe lit a little brighter than the grey background, a
+    box's face shaded to nearly its level). ``difference`` is the view's map of largest
+    channel differences to the background colour (8-bit units).
+
+    A pixel more than ``edge_reach`` pixels from ``solid`` (beyond the soft edge, whose
+    mixed pixels are off the background too) is off it when, of the pixels beyond the edge
+    in the ``window`` x ``window`` around it (at least ``min_pixels``), more than ``share``
+    lie above the background's 90th percentile: noise alone puts a tenth of them there, and
+    more than a third of a window of 81 is all but impossible. Only regions within
+    ``edge_reach + 1`` pixels of the object count, so a shade in the background far from it
+    cannot become object; each comes with the edge band between it and the object.
+
+    Written by hand: a regional test of the noise's statistics is no library's matting."""
+    level = background_level(difference, 90) + 1.0  # a level more: 8-bit rounding of a flat background
+    beyond_edge = ndimage.distance_transform_edt(~solid) > edge_reach
+    counted = ndimage.uniform_filter(beyond_edge.astype(np.float32), window)
+    above = ndimage.uniform_filter((beyond_edge & (difference > level)).astype(np.float32), window)
+    off = beyond_edge & (counted * window**2 >= min_pixels) & (above > share * counted)
+    near_object = ndimage.binary_dilation(solid, iterations=edge_reach + 1)
+    regions, count = ndimage.label(off)
+    if not count:
+        return off
+    touching = np.zeros(count + 1, bool)
+    touching[np.unique(regions[near_object & off])] = True
+    touching[0] = False
+    off = touching[regions]
+    between = ndimage.binary_dilation(off, iterations=edge_reach) & near_object & ~solid
+    return off | between
+
+
+def _with_enclosed_parts(solid: np.ndarray, difference: np.ndarray, noise: float) -> np.ndarray:
+    """``solid`` with the regions it encloses that do not look like the background seen
+    through a hole (their 90th percentile of ``difference`` over ``noise`` plus 2 levels)."""
+    enclosed, count = ndimage.label(ndimage.binary_fill_holes(solid) & ~solid)
+    if not count:
+        return solid
+    typical = ndimage.labeled_comprehension(difference, enclosed, np.arange(1, count + 1),
+                                            lambda values: np.percentile(values, 90), np.float32, 0.0)
+    part_of_object = np.concatenate([[False], typical > noise + 2.0])
+    return solid | part_of_object[enclosed]
+
+
 def matte_threshold(difference: np.ndarray) -> tuple[float, float]:
     """The background's noise and the default solid threshold of a view, from its map of
     largest channel differences to the background colour (8-bit units).
 
-    The noise is the 99th percentile of the map's border, leaving out object pixels that
-    touch it; the threshold is 6 levels above the noise, from 6 to ``MAX_MATTE_THRESHOLD``.
+    The noise is the 99th percentile of the background's (``background_level``); the
+    threshold is 6 levels above the noise, from 6 to ``MAX_MATTE_THRESHOLD``.
     """
-    border = _border(difference)
-    border = border[border <= MAX_MATTE_THRESHOLD]  # the object may touch the border
-    noise = float(np.percentile(border, 99)) if border.size else MAX_MATTE_THRESHOLD
+    noise = background_level(difference, 99)
     return noise, float(np.clip(noise + 6.0, 6.0, MAX_MATTE_THRESHOLD))
 
 
@@ -220,7 +273,9 @@ def matte_view(
     ``threshold`` (8-bit units) are solid object. By default the threshold follows the
     background's own noise, measured on the view's border (6 levels above its 99th
     percentile, from 6 to 24), so a clean render keeps grey-ish parts of the object that a
-    fixed threshold would cut away. A region the solid pixels enclose is a hole through
+    fixed threshold would cut away. Next to them, regions within the noise pixel by pixel
+    but off the background's colour as a whole are solid too (``off_background``): a face
+    or a stripe lit to nearly the background's grey. A region the solid pixels enclose is a hole through
     the object when it looks like the background (nine in ten of its pixels within that
     noise, plus 2 levels); otherwise it is a background-coloured part of the object and
     solid. Specks smaller than ``min_component_fraction`` of the view are dropped. On the
@@ -243,13 +298,12 @@ def matte_view(
         keep = np.zeros(count + 1, dtype=bool)
         keep[1:] = sizes >= min_component_fraction * solid.size
         solid = keep[labels]
-        enclosed, count = ndimage.label(ndimage.binary_fill_holes(solid) & ~solid)
-        if count:
-            typical = ndimage.labeled_comprehension(difference, enclosed, np.arange(1, count + 1),
-                                                    lambda values: np.percentile(values, 90), np.float32, 0.0)
-            part_of_object = np.zeros(count + 1, dtype=bool)
-            part_of_object[1:] = typical > noise + 2.0
-            solid |= part_of_object[enclosed]
+        # Enclosed regions are judged whole before off_background splits them (one grey
+        # square amid black ones, partly off the background, left the rest to look like a
+        # hole), and again after it, for the regions its parts have enclosed.
+        solid = _with_enclosed_parts(solid, difference, noise)
+        solid = _with_enclosed_parts(solid | off_background(difference, solid, edge_reach=edge_band + 1),
+                                     difference, noise)
     if not solid.any():
         return Image.fromarray(np.dstack([rgb, np.zeros(rgb.shape[:2])]).astype(np.uint8), "RGBA")
 
